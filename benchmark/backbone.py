@@ -1,0 +1,179 @@
+"""The Stable Diffusion components a run trains and samples with.
+
+`model.pretrained` names a hub id or a local folder in the diffusers layout (SD v1.5 by default).
+`model=tiny` builds an SD-shaped backbone from config, saves it in that same layout under the cache
+and then loads it through the very same code path, so the tiny and the real runs differ only in
+config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.errors import ConfigError
+
+SD_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, steps_offset=1, skip_prk_steps=True, prediction_type="epsilon",
+)
+
+
+@dataclass
+class Backbone:
+    tokenizer: object
+    text_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler_config: dict      # the checkpoint's scheduler config (training noise + samplers)
+    identity: str               # stable name of the weights (cache keys, provenance)
+    resolution: int
+
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def _versions_key() -> str:
+    import diffusers
+    import transformers
+
+    return f"torch{torch.__version__}-diffusers{diffusers.__version__}-transformers{transformers.__version__}"
+
+
+def tiny_identity(tiny_cfg: dict) -> str:
+    blob = json.dumps({"tiny": tiny_cfg, "versions": _versions_key()}, sort_keys=True)
+    return "tiny-" + hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def quiet_libraries() -> None:
+    """No per-shard progress bars from the model libraries: our own bar and log lines report."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def build_tiny(tiny_cfg: dict, folder: Path, resolution: int) -> Path:
+    """Build the tiny SD-shaped pipeline deterministically from `tiny_cfg` and save it to `folder`."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from benchmark.tokenizer import build_clip_tokenizer
+
+    quiet_libraries()
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = build_clip_tokenizer(tmp / "_bpe")
+    vae_channels = list(tiny_cfg["vae_channels"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(tiny_cfg["seed"]))
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=tiny_cfg["text_hidden"],
+            intermediate_size=tiny_cfg["text_intermediate"], num_attention_heads=tiny_cfg["text_heads"],
+            num_hidden_layers=tiny_cfg["text_layers"], max_position_embeddings=77,
+            projection_dim=tiny_cfg["text_hidden"], bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ))
+        vae = AutoencoderKL(
+            block_out_channels=vae_channels, in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
+            up_block_types=["UpDecoderBlock2D"] * len(vae_channels), norm_num_groups=32,
+            sample_size=resolution,
+        )
+        unet_channels = tuple(tiny_cfg["unet_channels"])
+        unet = UNet2DConditionModel(
+            block_out_channels=unet_channels, layers_per_block=tiny_cfg["layers_per_block"],
+            sample_size=resolution // 2 ** (len(vae_channels) - 1), in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(unet_channels) - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (len(unet_channels) - 1) + ("UpBlock2D",),
+            cross_attention_dim=tiny_cfg["text_hidden"], attention_head_dim=tiny_cfg["attention_head_dim"],
+            norm_num_groups=32,
+        )
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp)
+    shutil.rmtree(tmp / "_bpe")
+    (tmp / "tiny_config.json").write_text(json.dumps(tiny_cfg, indent=1, sort_keys=True))
+    try:
+        os.replace(tmp, folder)  # atomic: a killed build never leaves a half-written model behind
+    except OSError:  # another process finished the same build first; theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_pretrained(model_cfg, cache_dir: Path) -> tuple[str, str]:
+    """(path or hub id, identity) for a model config; builds and caches the tiny model."""
+    if model_cfg.get("pretrained"):
+        source = str(model_cfg["pretrained"])
+        if source.startswith((".", "/", "~")) and not Path(source).expanduser().is_dir():
+            raise ConfigError(
+                f"model.pretrained: folder {source} does not exist. Give a diffusers Stable Diffusion "
+                "folder (with unet/, vae/, text_encoder/, tokenizer/) or a hub id."
+            )
+        ident = f"{source}@{model_cfg.get('revision') or 'main'}"
+        return str(Path(source).expanduser()) if Path(source).expanduser().is_dir() else source, ident
+    if not model_cfg.get("tiny"):
+        raise ConfigError("model: set either model.pretrained (hub id or folder) or model.tiny (build config).")
+    tiny_cfg = dict(model_cfg["tiny"])
+    ident = tiny_identity(tiny_cfg)
+    folder = cache_dir / "models" / f"{ident}-{model_cfg['resolution']}px"
+    if not (folder / "model_index.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        build_tiny(tiny_cfg, folder, int(model_cfg["resolution"]))
+    return str(folder), ident
+
+
+_PRISTINE: dict[str, Backbone] = {}
+
+
+def load_backbone(model_cfg, cache_dir: Path, share: bool = False) -> Backbone:
+    """Load the components on CPU in fp32. With `share`, keep a pristine copy in memory and hand out
+    deep copies, so a local sweep loads the weights once (methods modify the modules they get)."""
+    source, ident = resolve_pretrained(model_cfg, cache_dir)
+    key = f"{ident}|{model_cfg.get('variant')}"
+    if share and key in _PRISTINE:
+        return copy.deepcopy(_PRISTINE[key])
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    quiet_libraries()
+    kw = dict(revision=model_cfg.get("revision"), local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+    weights_kw = dict(kw, variant=model_cfg.get("variant"))
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights_kw)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights_kw)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights_kw)
+        scheduler_config = _scheduler_config(source, kw)
+    except OSError as err:
+        raise ConfigError(
+            f"model.pretrained={source}: could not load the Stable Diffusion components ({err}). "
+            "Offline machines need a local folder (diffusers layout) or a filled HF cache; "
+            "model=tiny needs neither."
+        ) from err
+    backbone = Backbone(tokenizer, text_encoder.float(), vae.float(), unet.float(), scheduler_config,
+                        ident, int(model_cfg["resolution"]))
+    for module in (backbone.text_encoder, backbone.vae, backbone.unet):
+        module.requires_grad_(False).eval()
+    if share:
+        _PRISTINE[key] = backbone
+        return copy.deepcopy(backbone)
+    return backbone
+
+
+def _scheduler_config(source: str, kw: dict) -> dict:
+    from diffusers import PNDMScheduler
+
+    return dict(PNDMScheduler.load_config(source, subfolder="scheduler", **kw))

@@ -1,0 +1,1 @@
+"""The concepts: manifest, image loading and checks, fetching from their sources."""

@@ -1,0 +1,73 @@
+"""Decode concept images robustly: EXIF orientation applied, every mode converted to 8-bit RGB.
+
+A file that does not decode raises ConfigError naming the file, so a run fails before training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from benchmark.errors import ConfigError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+MIN_SIDE = 32  # smaller images cannot be meaningfully resized to the training resolution
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image-like files of a concept folder in sorted order (hidden files and sidecars skipped)."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB without the usual traps.
+
+    16-bit and 32-bit integer images are rescaled (PIL's convert would clip them to white); images
+    with transparency are composited on white (convert would turn transparent pixels black).
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or a.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    return image.convert("RGB")
+
+
+def decode_image(path: Path) -> Image.Image:
+    """Open, fully decode, orient and convert one image; raise ConfigError naming the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not mid-training
+            image = ImageOps.exif_transpose(im)
+            image = to_rgb(image)
+    except UnidentifiedImageError as err:
+        raise ConfigError(f"{path}: not an image file ({err}). Remove it from the concept folder.") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ConfigError(
+            f"{path}: cannot decode the image ({err}). Re-fetch or replace the file "
+            "(`python -m benchmark.concepts validate` lists every problem)."
+        ) from err
+    if min(image.size) < MIN_SIDE:
+        raise ConfigError(
+            f"{path}: image is {image.size[0]}x{image.size[1]} px, smaller than {MIN_SIDE} px on a side. "
+            "Replace it with the original photo."
+        )
+    return image
+
+
+def load_concept_images(folder: Path) -> list[tuple[Path, Image.Image]]:
+    files = image_files(folder)
+    if not files:
+        raise ConfigError(
+            f"Concept folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
+            "Fetch the concept again or point paths.data at the right folder."
+        )
+    return [(p, decode_image(p)) for p in files]

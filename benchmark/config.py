@@ -1,0 +1,128 @@
+"""Run configs: resolution to plain dicts, validation before any training, and run identity."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+from benchmark.errors import ConfigError
+from benchmark.registry import unknown_name_error
+
+# Keys that do not change what a run computes: excluded from its identity (Dora's signature idea).
+NON_SEMANTIC = (
+    "experiment", "paths", "device", "progress", "log_every", "checkpoint_every", "num_workers",
+    "launcher", "sweep", "sampling.batch_size", "sampling.save_images",
+)
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+
+def resolve(cfg) -> dict:
+    """A Hydra/OmegaConf config → a plain, fully resolved dict; missing values become ConfigErrors."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    if not isinstance(cfg, DictConfig):
+        return copy.deepcopy(dict(cfg))
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"Missing config value `{err.full_key}`: set it on the command line, "
+                          f"e.g. `{err.full_key}=...`.") from err
+    except InterpolationResolutionError as err:
+        raise ConfigError(f"Config value `{getattr(err, 'full_key', '?')}` cannot be resolved: {err}") from err
+
+
+def _drop(cfg: dict, dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head in cfg:
+        if rest:
+            if isinstance(cfg[head], dict):
+                _drop(cfg[head], rest)
+        else:
+            del cfg[head]
+
+
+def semantic(cfg: dict) -> dict:
+    out = copy.deepcopy(cfg)
+    for key in NON_SEMANTIC:
+        _drop(out, key)
+    out.pop("hydra", None)
+    return out
+
+
+def run_id(cfg: dict) -> str:
+    """10 hex characters of the SHA-1 of the semantic config: same config, same run."""
+    blob = json.dumps(semantic(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: dict) -> None:
+    """Every check that can fail before loading a model; errors name the key and the fix."""
+    from benchmark.concepts.manifest import get_concept
+    from benchmark.methods import METHODS
+    from benchmark.sampling import SCHEDULERS
+    from benchmark.strategies import make_strategy
+
+    for key in ("method", "strategy", "model", "ldet", "sampling", "metrics", "concept", "seed"):
+        _check(key in cfg, f"Config has no `{key}` section; run through `python -m benchmark.run` "
+                           "or compose conf/run.yaml.")
+    METHODS.get(cfg["method"]["name"])
+    strategy = make_strategy(cfg["strategy"], int(cfg["ldet"]["every"]))
+    get_concept(cfg["concept"])
+    model_name = cfg["model"].get("name")
+    _check(bool(cfg["model"].get("pretrained") or cfg["model"].get("tiny")),
+           f"model '{model_name}': set model.pretrained (hub id or folder) or model.tiny.")
+    res = cfg["model"].get("resolution")
+    _check(isinstance(res, int) and res >= 16 and res % 8 == 0,
+           f"model.resolution must be a multiple of 8 >= 16 (got {res!r}).")
+    _check(isinstance(cfg["seed"], int), f"seed must be an integer (got {cfg['seed']!r}).")
+    _check(cfg.get("mixed_precision", "auto") in MIXED_PRECISION,
+           f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {cfg.get('mixed_precision')!r}).")
+    _check(isinstance(cfg.get("train_batch_size"), int) and cfg["train_batch_size"] >= 1,
+           f"train_batch_size must be a positive integer (got {cfg.get('train_batch_size')!r}).")
+    method = cfg["method"]
+    _check(float(method["learning_rate"]) > 0, f"method.learning_rate must be > 0 (got {method['learning_rate']}).")
+
+    ldet = cfg["ldet"]
+    for key in ("every", "batch_size", "accumulation"):
+        v = ldet.get(key)
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+               f"ldet.{key} must be a positive integer (got {v!r}).")
+    lo, hi = ldet["timestep_range"]
+    _check(0 <= lo < hi <= 1000, f"ldet.timestep_range must satisfy 0 <= lo < hi <= 1000 (got {[lo, hi]}).")
+    _check(ldet["batch_size"] * ldet["accumulation"] <= hi - lo,
+           f"ldet.batch_size x ldet.accumulation = {ldet['batch_size'] * ldet['accumulation']} distinct timesteps "
+           f"do not fit in ldet.timestep_range {[lo, hi]}.")
+    unknown = set(ldet["fixed"]) ^ {"images", "captions", "latents", "noise", "timesteps"}
+    _check(not unknown, f"ldet.fixed must name exactly images, captions, latents, noise, timesteps "
+                        f"(check {sorted(unknown)}).")
+    _check(ldet["enabled"] or not strategy.needs_ldet,
+           f"strategy {strategy.name} needs L_det; set ldet.enabled=true.")
+
+    sampling = cfg["sampling"]
+    if sampling["scheduler"] not in SCHEDULERS:
+        raise unknown_name_error("sampling scheduler", sampling["scheduler"], SCHEDULERS, key="sampling.scheduler")
+    _check(sampling["steps"] >= 1 and sampling["n_train_prompts"] >= 1,
+           "sampling.steps and sampling.n_train_prompts must be >= 1.")
+    _check(sampling.get("save_images") in ("none", "final", "all"),
+           f"sampling.save_images must be none, final or all (got {sampling.get('save_images')!r}).")
+    metrics = cfg["metrics"]
+    _check(metrics["pairing"] in ("all_pairs", "index"),
+           f"metrics.pairing must be all_pairs or index (got {metrics['pairing']!r}).")
+    _check(metrics["text_subject"] in ("remove", "class_noun"),
+           f"metrics.text_subject must be remove or class_noun (got {metrics['text_subject']!r}).")
+
+
+def results_root(cfg: dict) -> Path:
+    return Path(cfg["paths"]["results"]).expanduser()
+
+
+def cache_root(cfg: dict) -> Path:
+    return Path(cfg["paths"]["cache"]).expanduser()

@@ -1,0 +1,79 @@
+"""Custom Diffusion: cross-attention K/V + the concept token, with prior preservation (reference §1.3).
+
+Trained through diffusers' `CustomDiffusionAttnProcessor2_0` on the cross-attention layers (it also
+blocks the gradient through the start-of-text position, as the original does). Weights are saved in
+the diffusers Custom Diffusion format and re-installed with public APIs only (diffusers'
+`load_attn_procs` silently skips installing them without `_pipeline`, issue #9320).
+"""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from benchmark.methods.base import METHODS, Method
+
+CD_FILE = "pytorch_custom_diffusion_weights.safetensors"
+
+
+def install_processors(unet, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.nn.Module]:
+    """Put K/V-training processors on every cross-attention layer; return them by processor name.
+
+    Without `weights` they start from the layer's own to_k / to_v; with `weights` (diffusers format,
+    keys `<layer>.processor.to_k_custom_diffusion.weight`) they take the trained values.
+    """
+    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
+
+    processors, trained = dict(unet.attn_processors), {}
+    for name in processors:
+        if not name.endswith("attn2.processor"):
+            continue
+        attn = unet.get_submodule(name[: -len(".processor")])
+        proc = CustomDiffusionAttnProcessor2_0(
+            train_kv=True, train_q_out=False, hidden_size=attn.to_k.out_features,
+            cross_attention_dim=attn.to_k.in_features,
+        ).to(attn.to_k.weight.device)
+        source = {"k": attn.to_k.weight, "v": attn.to_v.weight} if weights is None else \
+            {c: weights[f"{name}.to_{c}_custom_diffusion.weight"] for c in "kv"}
+        with torch.no_grad():
+            proc.to_k_custom_diffusion.weight.copy_(source["k"])
+            proc.to_v_custom_diffusion.weight.copy_(source["v"])
+        processors[name] = trained[name] = proc
+    unet.set_attn_processor(processors)
+    return trained
+
+
+@METHODS.register("custom_diffusion")
+class CustomDiffusion(Method):
+    name = "custom_diffusion"
+    uses_prior = True
+
+    def setup_extra(self) -> None:
+        for name, proc in install_processors(self.backbone.unet).items():
+            for pname, p in proc.named_parameters():
+                p.data = p.data.float()  # trainable weights stay fp32 under mixed precision
+                self.trainables[f"{name}.{pname}"] = p
+
+    @property
+    def subject(self) -> str:
+        return f"{self.placeholder} {self.concept.class_noun}"
+
+    def loss(self, pred, target, mask, n_instance):
+        """Masked instance loss + prior loss (weight from config), as in the original:
+        the instance term sums over the mask-weighted elements and divides by the mask's pixel count
+        (a 1-channel mask against 4 latent channels), the prior term is a plain mean."""
+        pred, target = pred.float(), target.float()
+        err = (pred[:n_instance] - target[:n_instance]) ** 2
+        m = mask.to(err.dtype)
+        instance = ((err * m).sum([1, 2, 3]) / m.sum([1, 2, 3])).mean()
+        prior = torch.nn.functional.mse_loss(pred[n_instance:], target[n_instance:])
+        return instance + float(self.cfg["prior"]["weight"]) * prior
+
+    def save_extra(self, folder: Path) -> None:
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.trainables.items() if k != "token"}
+        save_file(state, str(folder / CD_FILE), metadata={"format": "pt"})
+
+    @classmethod
+    def apply_extra(cls, pipe, folder: Path) -> None:
+        install_processors(pipe.unet, load_file(str(folder / CD_FILE)))
+        pipe.unet.to(pipe.device)

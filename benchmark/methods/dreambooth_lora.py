@@ -1,0 +1,46 @@
+"""DreamBooth-LoRA: peft LoRA on the UNet attention projections + the concept token (reference §1.2).
+
+The UNet base weights stay frozen (the official code computed and discarded their gradients), and
+the LoRA init is seeded from the run seed (the official code's was not).
+"""
+
+from pathlib import Path
+
+import torch
+
+from benchmark.methods.base import METHODS, Method
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@METHODS.register("dreambooth_lora")
+class DreamBoothLoRA(Method):
+    name = "dreambooth_lora"
+
+    def setup_extra(self) -> None:
+        from peft import LoraConfig
+
+        lora = self.cfg["lora"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.backbone.unet.add_adapter(LoraConfig(
+                r=int(lora["rank"]), lora_alpha=float(lora["alpha"]), init_lora_weights="gaussian",
+                target_modules=list(lora["target_modules"]),
+            ))
+        for name, p in self.backbone.unet.named_parameters():
+            if "lora_" in name:
+                self.trainables[f"unet.{name}"] = p
+
+    def save_extra(self, folder: Path) -> None:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.backbone.unet))
+        layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
+        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_FILE,
+                                                  safe_serialization=True)
+
+    @classmethod
+    def apply_extra(cls, pipe, folder: Path) -> None:
+        pipe.load_lora_weights(str(folder), weight_name=LORA_FILE)

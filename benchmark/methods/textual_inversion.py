@@ -1,0 +1,8 @@
+"""Textual Inversion: only the concept token's embedding is trained (reference §1.1)."""
+
+from benchmark.methods.base import METHODS, Method
+
+
+@METHODS.register("textual_inversion")
+class TextualInversion(Method):
+    name = "textual_inversion"

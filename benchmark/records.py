@@ -1,0 +1,150 @@
+"""The Parquet records: `runs`, `steps` and `evals`, schema v1 (DESIGN.md §4).
+
+Layout under the results root (hive partitions; concept and seed are columns):
+
+    <root>/<table>/experiment=<e>/method=<m>/strategy=<s>/<file>.parquet
+
+- runs:  one file per run, `<run_id>.parquet`, one row.
+- steps: `<run_id>-<first step>-<last step>.parquet` parts, written at each checkpoint.
+- evals: the same naming as steps.
+
+Every file is written under a hidden temporary name and renamed into place, so a killed job never
+leaves a partial file for readers (they ignore names starting with "." or "_"). This module imports
+no torch: analysis reads the records through it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+PARTITIONS = ("experiment", "method", "strategy")
+f64, i64, s = pa.float64(), pa.int64(), pa.string()
+
+
+def _schema(table: str, fields: list[tuple[str, pa.DataType, str]]) -> pa.Schema:
+    return pa.schema([pa.field(n, t, metadata={"doc": d}) for n, t, d in fields],
+                     metadata={"schema_version": SCHEMA_VERSION, "table": table})
+
+
+RUNS = _schema("runs", [
+    ("run_id", s, "short hash of the semantic config (identical config -> identical id)"),
+    ("concept", s, "concept name from concepts/manifest.csv"),
+    ("seed", i64, "run seed (training stream; the eval batch uses seed + ldet.seed_offset)"),
+    ("model", s, "model config name (tiny, sd15, ...)"),
+    ("model_identity", s, "hub id@revision or tiny build hash of the base weights"),
+    ("status", s, "completed | failed"),
+    ("iterations", i64, "optimizer updates the run performed (its cost; Table 1 'Iterations')"),
+    ("reported_step", i64, "updates behind the reported weights (best checkpoint for baseline/clip_s)"),
+    ("max_steps", i64, "step budget (cap) of the strategy"),
+    ("stop_reason", s, "criterion | max_steps | fixed_steps"),
+    ("train_clip_img", f64, "CLIP img similarity, train-prompt samples vs references, at reported_step"),
+    ("train_clip_txt", f64, "CLIP image-text similarity of train-prompt samples"),
+    ("val_clip_img", f64, "CLIP img similarity, validation-prompt samples vs references"),
+    ("val_clip_txt", f64, "CLIP image-text similarity of validation samples (placeholder removed)"),
+    ("dino", f64, "DINO CLS cosine similarity, train-prompt samples vs references"),
+    ("div", f64, "mean LPIPS distance between samples of the same validation prompt"),
+    ("train_s", f64, "seconds in training updates (forward, backward, optimizer)"),
+    ("ldet_s", f64, "seconds computing L_det"),
+    ("sampling_s", f64, "seconds in in-loop evaluations (sampling + scoring)"),
+    ("total_s", f64, "training-loop seconds: train + L_det + in-loop evaluation + records/checkpoints"),
+    ("setup_s", f64, "seconds before the loop (loading, data, eval batch); not in total_s"),
+    ("final_eval_s", f64, "seconds of the post-training evaluation; not in total_s"),
+    ("clip_pairing", s, "all_pairs | index: how CLIP img pairs generated and reference images"),
+    ("weights_dir", s, "folder of the reported weights (safetensors), relative to the results root"),
+    ("error", s, "exception text of a failed run"),
+    ("config_json", s, "the resolved run config"),
+    ("git_sha", s, "commit of the code that ran"),
+    ("git_dirty", pa.bool_(), "uncommitted changes present"),
+    ("versions_json", s, "versions of python, torch, diffusers, transformers, peft, open_clip, timm, ..."),
+    ("device", s, "cpu or the GPU name"),
+    ("hostname", s, "machine"),
+    ("slurm_job_id", s, "SLURM_JOB_ID (with array task) when run under Slurm"),
+    ("started_at", pa.timestamp("us", tz="UTC"), "start of the (first) attempt"),
+    ("finished_at", pa.timestamp("us", tz="UTC"), "end of the run"),
+])
+
+STEPS = _schema("steps", [
+    ("run_id", s, "run id"),
+    ("step", i64, "k = state after k optimizer updates; step 0 = the untrained weights"),
+    ("train_loss", f64, "loss of the update that produced step k (null at step 0)"),
+    ("grad_norm", f64, "L2 norm of the trainable gradients of that update, unscaled (before clipping)"),
+    ("lr", f64, "learning rate of that update"),
+    ("l_det", f64, "L_det of the weights at step k (null when not evaluated at this step)"),
+    ("l_det_begin", f64, "L_det on timesteps 0-332 (ldet.intervals)"),
+    ("l_det_middle", f64, "L_det on timesteps 333-665"),
+    ("l_det_end", f64, "L_det on timesteps 666-999"),
+    ("criterion", f64, "the strategy's statistic after this step (DVAR ratio, CLIP-s non-improving count)"),
+    ("train_s", f64, "seconds of the update"),
+    ("ldet_s", f64, "seconds of the L_det evaluation"),
+    ("sampling_s", f64, "seconds of the in-loop evaluation at this step (0 when none)"),
+    ("wall_s", f64, "training-loop seconds since the start of the run"),
+])
+
+EVALS = _schema("evals", [
+    ("run_id", s, "run id"),
+    ("step", i64, "updates behind the evaluated weights"),
+    ("phase", s, "in_loop | final"),
+    ("train_clip_img", f64, "see runs"),
+    ("train_clip_txt", f64, "see runs"),
+    ("val_clip_img", f64, "see runs"),
+    ("val_clip_txt", f64, "see runs"),
+    ("dino", f64, "see runs"),
+    ("div", f64, "see runs"),
+    ("n_train_images", i64, "samples from the train prompts"),
+    ("n_val_images", i64, "samples from the validation prompts"),
+    ("sampling_s", f64, "seconds generating the images"),
+    ("scoring_s", f64, "seconds computing the metrics"),
+])
+
+TABLES = {"runs": RUNS, "steps": STEPS, "evals": EVALS}
+
+
+def partition_dir(root: Path, table: str, keys: dict) -> Path:
+    return Path(root) / table / "/".join(f"{k}={keys[k]}" for k in PARTITIONS)
+
+
+def part_name(run_id: str, first: int, last: int) -> str:
+    return f"{run_id}-{first:07d}-{last:07d}.parquet"
+
+
+def write_part(root: Path, table: str, keys: dict, name: str, rows: list[dict]) -> Path:
+    """Write rows as one immutable Parquet file, atomically (temp name + rename)."""
+    schema = TABLES[table]
+    folder = partition_dir(root, table, keys)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
+    tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(data, tmp)
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def run_parts(root: Path, table: str, keys: dict, run_id: str) -> list[Path]:
+    folder = partition_dir(root, table, keys)
+    return sorted(folder.glob(f"{run_id}-*.parquet")) if folder.is_dir() else []
+
+
+def part_range(path: Path) -> tuple[int, int]:
+    first, last = path.stem.rsplit("-", 2)[1:]
+    return int(first), int(last)
+
+
+def read(root: Path, table: str, experiment: str | None = None) -> pd.DataFrame:
+    """One table as a DataFrame with the partition columns; empty (with columns) if nothing is there."""
+    schema = TABLES[table]
+    base = Path(root) / table
+    part_fields = [pa.field(k, pa.string()) for k in PARTITIONS]
+    if not base.is_dir():
+        return pd.DataFrame({f.name: pd.Series(dtype=object) for f in [*part_fields, *schema]})
+    dataset = ds.dataset(base, format="parquet", schema=pa.schema([*schema, *part_fields]),
+                         partitioning=ds.partitioning(pa.schema(part_fields), flavor="hive"))
+    flt = (ds.field("experiment") == experiment) if experiment else None
+    return dataset.to_table(filter=flt).to_pandas()

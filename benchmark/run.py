@@ -1,0 +1,48 @@
+"""`python -m benchmark.run [overrides]`: one run from the Hydra config in conf/ (see --help)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from benchmark.errors import ConfigError
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("dvar")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[dvar] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="run")
+def _main(cfg: DictConfig) -> None:
+    from benchmark.train import run
+
+    setup_logging()
+    try:
+        row = run(cfg, force=bool(cfg.get("force", False)))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    metrics = " ".join(f"{k} {row[k]:.4f}" for k in ("train_clip_img", "val_clip_img", "val_clip_txt", "dino", "div")
+                       if row.get(k) is not None)
+    print(f"run {row['run_id']}: {row['stop_reason']} after {row['iterations']} steps, reported step "
+          f"{row['reported_step']}; {metrics}; {row['total_s'] / 60:.2f} min")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Stopping criteria as small state machines with serializable state.
+
+Pure numpy, no torch: the training loop feeds them live values, and the offline replay in
+`analysis/` feeds them logged traces, so both give the same stop step by construction.
+
+Each criterion consumes one signal (`l_det` after every update, or `train_clip_img` after every
+in-loop evaluation). `update(step, value)` returns True when training must stop *at* `step`,
+i.e. keep the weights after `step` updates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from benchmark.errors import ConfigError
+
+
+class Criterion:
+    signal: str = ""  # name of the logged series the criterion consumes
+    name: str = ""
+
+    def __init__(self):
+        self.value: float | None = None  # last criterion statistic, logged per step
+        self.stopped_at: int | None = None
+
+    def update(self, step: int, value: float) -> bool:
+        raise NotImplementedError
+
+    def _decide(self, step: int, stop: bool) -> bool:
+        if stop and self.stopped_at is None:
+            self.stopped_at = step
+        return stop
+
+    def state_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+class Never(Criterion):
+    """Baseline and Few-iters: the step budget alone ends training."""
+
+    name = "never"
+    signal = "l_det"
+
+    def update(self, step: int, value: float) -> bool:
+        return False
+
+
+class DVAR(Criterion):
+    """Deterministic VARiance: stop once var(last N) / var(all) < alpha (paper §3.3).
+
+    Matches the official `VarEarlyStopper`: population variance (ddof=0) over the last `window`
+    values and over the whole history (the untrained θ_0 value included), no decision until the
+    history holds more than `window` values (at exactly `window` the ratio is 1 by definition), and
+    a strict `<`. A zero global variance gives NaN, which never stops.
+
+    `stride` > 1 is the strided variant: values arrive every `stride` steps and the window is still
+    counted in *steps*, i.e. it holds ceil(window / stride) values.
+    """
+
+    name = "dvar"
+    signal = "l_det"
+
+    def __init__(self, window: int, threshold: float, stride: int = 1):
+        super().__init__()
+        if int(window) != window or window <= 1:
+            raise ConfigError(f"DVAR window must be an integer > 1 (got {window}); set strategy.window.")
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(
+                f"DVAR threshold alpha must lie in (0, 1) (got {threshold}); set strategy.threshold."
+            )
+        if int(stride) != stride or stride < 1:
+            raise ConfigError(f"L_det stride must be an integer >= 1 (got {stride}); set strategy.every.")
+        self.window = int(window)
+        self.threshold = float(threshold)
+        self.stride = int(stride)
+        self.window_values = max(2, math.ceil(self.window / self.stride))
+        self.history: list[float] = []
+
+    def update(self, step: int, value: float) -> bool:
+        self.history.append(float(value))
+        if len(self.history) <= self.window_values:
+            self.value = 1.0
+            return False
+        h = np.asarray(self.history, dtype=np.float64)
+        total = h.var()
+        self.value = float(h[-self.window_values :].var() / total) if total > 0 else float("nan")
+        return self._decide(step, self.value < self.threshold)
+
+
+class ClipS(Criterion):
+    """CLIP-s: stop when train CLIP img has not improved by more than `eps` for `patience` checks.
+
+    The official `ClipEarlyStopper` semantics exactly: the first check only seeds the best value;
+    an improvement means `value > best + eps` (strict) and resets the counter; the run stops on the
+    (patience+1)-th consecutive check without one. `best` is a thresholded running best.
+    """
+
+    name = "clip_s"
+    signal = "train_clip_img"
+
+    def __init__(self, patience: int, eps: float):
+        super().__init__()
+        if int(patience) != patience or patience < 0:
+            raise ConfigError(f"CLIP-s patience must be an integer >= 0 (got {patience}); set strategy.patience.")
+        if eps < 0:
+            raise ConfigError(f"CLIP-s eps must be >= 0 (got {eps}); set strategy.eps.")
+        self.patience = int(patience)
+        self.eps = float(eps)
+        self.best: float | None = None
+        self.no_improvement = 0
+
+    def update(self, step: int, value: float) -> bool:
+        if self.best is None:
+            self.best = float(value)
+        elif value > self.best + self.eps:
+            self.best = float(value)
+            self.no_improvement = 0
+        else:
+            self.no_improvement += 1
+        self.value = float(self.no_improvement)
+        return self._decide(step, self.no_improvement > self.patience)
+
+
+class _WindowCriterion(Criterion):
+    """Appendix E criteria: a statistic over the last `window` values, stop when it is small."""
+
+    signal = "l_det"
+
+    def __init__(self, window: int, threshold: float):
+        super().__init__()
+        if int(window) != window or window <= 1:
+            raise ConfigError(f"{self.name} window must be an integer > 1 (got {window}).")
+        self.window = int(window)
+        self.threshold = float(threshold)
+        self.history: list[float] = []
+
+    def statistic(self, h: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def update(self, step: int, value: float) -> bool:
+        self.history.append(float(value))
+        if len(self.history) <= self.window:
+            return False
+        self.value = float(self.statistic(np.asarray(self.history, dtype=np.float64)))
+        return self._decide(step, abs(self.value) < self.threshold)
+
+
+class EMAPercentile(_WindowCriterion):
+    """(EMA(t) - EMA(t - n)) / EMA(t - n), EMA with smoothing 0.1 (paper App. E)."""
+
+    name = "ema"
+
+    def __init__(self, window: int, threshold: float, smoothing: float = 0.1):
+        super().__init__(window, threshold)
+        self.smoothing = float(smoothing)
+        self.ema: list[float] = []
+
+    def update(self, step: int, value: float) -> bool:
+        prev = self.ema[-1] if self.ema else float(value)
+        self.ema.append(prev + self.smoothing * (float(value) - prev))
+        return super().update(step, value)
+
+    def statistic(self, h: np.ndarray) -> float:
+        then = self.ema[-1 - self.window]
+        return (self.ema[-1] - then) / then if then != 0 else float("nan")
+
+
+class Hall(_WindowCriterion):
+    """(max - min) / mean over the last n values (paper App. E)."""
+
+    name = "hall"
+
+    def statistic(self, h: np.ndarray) -> float:
+        w = h[-self.window :]
+        return (w.max() - w.min()) / w.mean()
+
+
+class Trend(_WindowCriterion):
+    """Least-squares slope over the last n values, relative to their mean (paper App. E)."""
+
+    name = "trend"
+
+    def statistic(self, h: np.ndarray) -> float:
+        w = h[-self.window :]
+        x = np.arange(len(w), dtype=np.float64)
+        slope = ((x - x.mean()) * (w - w.mean())).sum() / ((x - x.mean()) ** 2).sum()
+        return slope * len(w) / w.mean()
