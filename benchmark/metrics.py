@@ -15,8 +15,11 @@ Definitions (recorded in the run config as `metrics.pairing` and `metrics.text_s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import logging
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +29,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from benchmark.errors import ConfigError
+
+
+@contextlib.contextmanager
+def _quiet_root_logger(quiet: bool):
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class MetricModels:
@@ -45,8 +60,9 @@ class MetricModels:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.get("seed", 0)))
             try:
-                self.clip, _, self.clip_preprocess = open_clip.create_model_and_transforms(
-                    clip_cfg["arch"], pretrained=clip_cfg.get("pretrained"))
+                with _quiet_root_logger(not clip_cfg.get("pretrained")):  # "No pretrained weights loaded"
+                    self.clip, _, self.clip_preprocess = open_clip.create_model_and_transforms(
+                        clip_cfg["arch"], pretrained=clip_cfg.get("pretrained"))
                 self.dino = timm.create_model(dino_cfg["arch"], pretrained=bool(dino_cfg["pretrained"]),
                                               num_classes=0, **dict(dino_cfg.get("kwargs") or {}))
             except RuntimeError as err:
@@ -55,8 +71,10 @@ class MetricModels:
                     "in the local cache (or a local checkpoint path in metrics.clip.pretrained); "
                     "metrics=tiny needs none."
                 ) from err
-            self.lpips = lpips.LPIPS(net=lpips_cfg["net"], pretrained=True,
-                                     pnet_rand=not bool(lpips_cfg["pretrained_backbone"]), verbose=False)
+            with warnings.catch_warnings():  # lpips still calls torchvision's deprecated `pretrained=`
+                warnings.simplefilter("ignore", UserWarning)
+                self.lpips = lpips.LPIPS(net=lpips_cfg["net"], pretrained=True,
+                                         pnet_rand=not bool(lpips_cfg["pretrained_backbone"]), verbose=False)
         self.clip_tokenizer = open_clip.get_tokenizer(clip_cfg["arch"])
         data_cfg = timm.data.resolve_data_config({}, model=self.dino)
         if hasattr(self.dino, "patch_embed"):  # a resized twin: the pretrained config says 224 px

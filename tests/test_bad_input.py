@@ -1,0 +1,72 @@
+"""Bad concepts and images fail before training, naming the file or key and the fix."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from benchmark.concepts.manifest import CONCEPTS_DIR
+from benchmark.errors import ConfigError
+from benchmark.train import run
+from tests.helpers import tiny_run_config
+
+SAMPLE = CONCEPTS_DIR / "sample" / "duck_toy"
+
+
+def concept_dir(data: Path, name: str = "duck_toy") -> Path:
+    folder = data / name
+    folder.mkdir(parents=True)
+    for f in SAMPLE.glob("*.jpg"):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def attempt(results: Path, data: Path, concept: str = "duck_toy"):
+    cfg = tiny_run_config("textual_inversion", "few_iters", results, f"concept={concept}", f"paths.data={data}")
+    return run(cfg, share_models=True)
+
+
+def assert_nothing_recorded(results: Path):
+    for table in ("runs", "steps", "evals"):
+        assert not (results / table).exists(), f"{table} written although the run never trained"
+
+
+def test_missing_concept_folder_names_the_fetch_command(tmp_path):
+    with pytest.raises(ConfigError, match=r"duck_toy.*does not exist.*benchmark.concepts fetch duck_toy"):
+        attempt(tmp_path / "results", tmp_path / "data")
+    assert_nothing_recorded(tmp_path / "results")
+
+
+def test_empty_concept_folder(tmp_path):
+    (tmp_path / "data" / "duck_toy").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="holds no images"):
+        attempt(tmp_path / "results", tmp_path / "data")
+
+
+def test_truncated_image_is_named(tmp_path):
+    folder = concept_dir(tmp_path / "data")
+    data = (folder / "01.jpg").read_bytes()
+    (folder / "01.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=r"01\.jpg: cannot decode"):
+        attempt(tmp_path / "results", tmp_path / "data")
+    assert_nothing_recorded(tmp_path / "results")
+
+
+def test_text_file_named_jpg_is_named(tmp_path):
+    folder = concept_dir(tmp_path / "data")
+    (folder / "notes.jpg").write_text("not an image")
+    with pytest.raises(ConfigError, match=r"notes\.jpg: not an image"):
+        attempt(tmp_path / "results", tmp_path / "data")
+
+
+def test_tiny_image_is_named(tmp_path):
+    folder = concept_dir(tmp_path / "data")
+    Image.new("RGB", (1, 1)).save(folder / "dot.png")
+    with pytest.raises(ConfigError, match=r"dot\.png: image is 1x1"):
+        attempt(tmp_path / "results", tmp_path / "data")
+
+
+def test_unknown_concept_suggests(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean: duck_toy"):
+        attempt(tmp_path / "results", tmp_path / "data", concept="duck_tyo")

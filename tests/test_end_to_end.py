@@ -1,0 +1,87 @@
+"""Every method x every strategy runs end to end on the tiny backbone and leaves records we can believe."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from benchmark import records
+from benchmark.backbone import load_backbone
+from benchmark.config import cache_root
+from benchmark.methods import METHODS
+from benchmark.records import RUNS
+from benchmark.sampling import Sampler
+from benchmark.train import Trainer, run
+from tests.helpers import tiny_run_config
+
+METHOD_NAMES = ["textual_inversion", "dreambooth_lora", "custom_diffusion"]
+STRATEGY_NAMES = ["baseline", "clip_s", "few_iters", "few_iters_mean", "few_iters_max", "dvar"]
+
+
+def run_records(results, row):
+    steps = records.read(results, "steps")
+    evals = records.read(results, "evals")
+    return (steps[steps.run_id == row["run_id"]].sort_values("step").reset_index(drop=True),
+            evals[evals.run_id == row["run_id"]].sort_values("step").reset_index(drop=True))
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_and_strategy(method, strategy, results):
+    cfg = tiny_run_config(method, strategy, results)
+    row = run(cfg, share_models=True)
+    steps, evals = run_records(results, row)
+    s = cfg["strategy"]
+
+    assert row["status"] == "completed"
+    assert list(steps.step) == list(range(row["iterations"] + 1)), "one row per update, step 0 included"
+    assert np.isfinite(steps.l_det).all(), "L_det after every update, the untrained weights included"
+    assert np.isnan(steps.train_loss[0]) and np.isfinite(steps.train_loss[1:]).all()
+    assert (steps.grad_norm[1:] > 0).all()
+    if strategy == "baseline":
+        assert (row["iterations"], row["stop_reason"]) == (s["max_steps"], "max_steps")
+        assert list(evals.step) == list(range(s["eval_every"], s["max_steps"] + 1, s["eval_every"]))
+    elif strategy.startswith("few_iters"):
+        assert (row["iterations"], row["stop_reason"]) == (s["steps"], "fixed_steps")
+        assert list(evals.phase) == ["final"] and evals.step[0] == s["steps"]
+    elif strategy == "clip_s":
+        assert row["stop_reason"] == "criterion" or row["iterations"] == s["max_steps"]
+        assert row["iterations"] == evals.step.iloc[-1], "CLIP-s stops at an evaluation step"
+    elif strategy == "dvar":
+        assert row["iterations"] >= s["window"], "no decision before more than N values"
+        ratio = steps.criterion.iloc[-1]
+        assert row["stop_reason"] == "max_steps" or ratio < s["threshold"]
+    if strategy in ("baseline", "clip_s"):
+        best = evals.loc[evals.train_clip_img.idxmax()]
+        assert row["reported_step"] == best.step, "the best checkpoint by train CLIP img is reported"
+    else:
+        assert row["reported_step"] == row["iterations"]
+    reported = evals[evals.step == row["reported_step"]].iloc[0]
+    for metric in ("train_clip_img", "val_clip_img", "val_clip_txt", "dino", "div"):
+        assert row[metric] == pytest.approx(reported[metric]), metric
+        assert np.isfinite(row[metric])
+    f = records.partition_dir(results, "runs", {"experiment": "default", "method": method,
+                                                "strategy": s["label"]}) / f"{row['run_id']}.parquet"
+    assert pq.read_schema(f).metadata[b"schema_version"] == b"1"
+    assert set(RUNS.names) <= set(pq.read_schema(f).names)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_saved_weights_reload_into_a_plain_pipeline(method, results):
+    """The safetensors a run writes, loaded by diffusers' own loaders into a freshly loaded pipeline,
+    reproduce the images of the trained model exactly."""
+    cfg = tiny_run_config(method, "few_iters", results, "strategy.steps=3")
+    trainer = Trainer(cfg, share_models=True)
+    row = trainer.fit()
+    prompt = f"a photo of {trainer.method.subject} on the beach"
+    live = np.asarray(trainer._make_sampler().generate([prompt])[0], dtype=np.int16)
+
+    fresh = load_backbone(cfg["model"], cache_root(cfg))
+    sampler = Sampler(fresh, cfg["sampling"], trainer.device, trainer.autocast)
+    METHODS.get(method).apply(sampler.pipe, results / row["weights_dir"], trainer.method.placeholder)
+    reloaded = np.asarray(sampler.generate([prompt])[0], dtype=np.int16)
+    assert reloaded.shape == (64, 64, 3)
+    assert np.abs(reloaded - live).max() <= 1
+
+    base = Sampler(load_backbone(cfg["model"], cache_root(cfg)), cfg["sampling"], trainer.device, trainer.autocast)
+    untrained = np.asarray(base.generate([prompt])[0], dtype=np.int16)
+    assert np.abs(untrained - live).max() > 0, "the trained weights change the samples"
