@@ -1,0 +1,27 @@
+# make smoke   the main job on the embedded default (tiny model, bundled concept, offline)
+# make test    the test suite (what CI runs, see .ci/run)
+# Both create .venv and install the pinned stack on first use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install smoke test bench
+install: $(VENV)/.installed
+
+# torch and torchvision first, pinned together; everything else under the same constraints.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+smoke: install
+	$(PY) -m benchmark.run
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmark.bench
