@@ -1,0 +1,5 @@
+import sys
+
+from benchmark.concepts.cli import main
+
+sys.exit(main())
