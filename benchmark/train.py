@@ -55,6 +55,7 @@ class RunPaths:
     def __init__(self, cfg: dict, rid: str):
         self.results = results_root(cfg)
         self.work = self.results / "work" / str(cfg["experiment"]) / rid
+        self.running = self.work / "RUNNING"  # present while a process works on the run
         self.checkpoint = self.work / "checkpoint"
         self.weights = self.work / "weights"
         self.samples = self.work / "samples"
@@ -286,7 +287,10 @@ class Trainer:
     def try_resume(self) -> int:
         """Continue from the checkpoint if there is one; returns the step to continue after."""
         f = self.paths.checkpoint / "state.pt"
-        if not f.exists():
+        if not f.exists():  # a fresh start: parts of an earlier, deleted attempt must not mix in
+            for table in ("steps", "evals"):
+                for part in records.run_parts(self.paths.results, table, self.paths.keys, self.rid):
+                    part.unlink()
             return -1
         try:
             state = torch.load(f, map_location="cpu", weights_only=False)
@@ -461,6 +465,8 @@ def run(cfg, share_models: bool = False, force: bool = False) -> dict:
         log.info("run %s already completed; skipping (force=true reruns it)", trainer.rid)
         return done
     write_run_files(trainer.cfg, trainer.paths)
+    trainer.paths.running.write_text(json.dumps({"host": hostname(), "pid": os.getpid(),
+                                                 "slurm_job_id": slurm_job_id(), "since": now().isoformat()}))
     handler = logging.FileHandler(trainer.paths.work / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
@@ -472,5 +478,6 @@ def run(cfg, share_models: bool = False, force: bool = False) -> dict:
         record_failure(trainer, err)
         raise
     finally:
+        trainer.paths.running.unlink(missing_ok=True)
         log.removeHandler(handler)
         handler.close()

@@ -1,0 +1,1 @@
+"""Sweeps: an experiment's grid of runs, executed locally or on Slurm, phases, skip-done, status."""

@@ -1,0 +1,5 @@
+import sys
+
+from benchmark.sweep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""`python -m benchmark.sweep`: run an experiment's grid, locally or on Slurm, and watch it.
+
+    python -m benchmark.sweep experiment=smoke                      # local, offline, tiny model
+    python -m benchmark.sweep experiment=table1 launcher=slurm --profile slurm/a100.yaml
+    python -m benchmark.sweep status experiment=table1              # done / failed / running / pending
+    python -m benchmark.sweep experiment=table1 --concepts cat dog --methods textual_inversion
+    python -m benchmark.sweep list                                  # the committed experiments
+
+Arguments of the form key=value are Hydra overrides for every run (`paths.results=/scratch/res`,
+`launcher.partition=a100`, ...). Completed runs are skipped; failed runs rerun with --rerun-failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from benchmark.errors import ConfigError
+from benchmark.sweep.plan import (Composer, Job, available_experiments, expand, load_experiment,
+                                  read_submissions, record_derivation, record_submissions, resolve_derived,
+                                  statuses)
+
+log = logging.getLogger("dvar")
+STATES = ("done", "failed", "running", "queued", "pending", "waiting")
+
+
+COMMANDS = ("run", "status", "list")
+
+
+def parse(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    p = argparse.ArgumentParser(prog="python -m benchmark.sweep [run|status|list]", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="experiment=NAME (required) and Hydra overrides for every run")
+    p.add_argument("--profile", type=Path, help="YAML of launcher keys merged over the launcher config "
+                                                "(e.g. slurm/a100.yaml)")
+    for key in ("methods", "strategies", "concepts", "seeds"):
+        p.add_argument(f"--{key}", nargs="+", help=f"only these {key} of the grid")
+    p.add_argument("--rerun-failed", action="store_true", help="run failed runs again (they resume if they can)")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    p.add_argument("--wait", action="store_true", help="slurm: wait until every submitted job has ended")
+    args = p.parse_args(argv)
+    args.command = command
+    return args
+
+
+def split_overrides(overrides: list[str]) -> tuple[str, list[str]]:
+    experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    if not experiments:
+        raise ConfigError("Name the experiment: experiment=<name>. Committed experiments: "
+                          + ", ".join(available_experiments()))
+    return experiments[-1], [o for o in overrides if not o.startswith("experiment=")]
+
+
+def plan(args) -> tuple[dict, list[Job], dict, Composer]:
+    name, overrides = split_overrides(args.overrides)
+    exp = load_experiment(name)
+    narrow = {"method": args.methods, "strategy": args.strategies, "concept": args.concepts,
+              "seed": [int(s) for s in args.seeds] if args.seeds else None}
+    composer = Composer()
+    jobs = expand(exp, overrides, narrow, composer)
+    any_cfg = next((j.cfg for j in jobs if j.cfg), None) or composer(jobs[0].overrides, jobs[0].concept, jobs[0].seed)
+    launcher = dict(any_cfg["launcher"])
+    if args.profile:
+        launcher.update(yaml.safe_load(args.profile.read_text()) or {})
+    return exp, jobs, {"launcher": launcher, "results": Path(any_cfg["paths"]["results"]).expanduser(),
+                       "data": Path(any_cfg["paths"]["data"]).expanduser()}, composer
+
+
+def check_inputs(jobs: list[Job], data: Path) -> None:
+    """Validate every run config and decode every concept's images before anything starts."""
+    from benchmark.concepts.images import load_concept_images
+    from benchmark.concepts.manifest import concept_folder
+    from benchmark.config import validate
+
+    problems = []
+    for job in jobs:
+        if job.cfg is not None:
+            try:
+                validate(job.cfg)
+            except ConfigError as err:
+                problems.append(f"{job.name}: {err}")
+    for concept in sorted({j.concept for j in jobs}):
+        try:
+            load_concept_images(concept_folder(concept, data))
+        except ConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("the sweep cannot start:\n  " + "\n  ".join(dict.fromkeys(problems)))
+
+
+def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path) -> None:
+    counts = Counter(states)
+    print(f"experiment {exp['name']}: {len(jobs)} runs - " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]))
+    print(f"{'method':<20}{'strategy':<17}" + "".join(f"{s:>9}" for s in STATES))
+    table = Counter((j.method, j.strategy, s) for j, s in zip(jobs, states))
+    for method, strategy in dict.fromkeys((j.method, j.strategy) for j in jobs):
+        print(f"{method:<20}{strategy:<17}" + "".join(f"{table[(method, strategy, s)]:>9}" for s in STATES))
+    failed = [j for j, s in zip(jobs, states) if s == "failed"]
+    if failed:
+        from benchmark import records
+
+        runs = records.read(results, "runs")
+        submitted = read_submissions(results, exp["name"])
+        print("\nfailed runs (rerun with --rerun-failed):")
+        for j in failed:
+            row = runs[runs.run_id == j.run_id].iloc[-1]
+            print(f"  {j.name} (run {j.run_id}): {row['error']}")
+            print(f"    log: {results / 'work' / exp['name'] / j.run_id / 'log.txt'}")
+            if j.name in submitted:
+                print(f"    slurm log: {results / 'slurm' / exp['name'] / submitted[j.name]}_0_log.err (job {submitted[j.name]})")
+    waiting = sum(s == "waiting" for s in states)
+    if waiting:
+        print(f"\n{waiting} Few-iters runs wait for this sweep's CLIP-s runs (their step counts derive from them).")
+
+
+def to_run(jobs: list[Job], states: list[str], rerun_failed: bool) -> list[Job]:
+    return [j for j, s in zip(jobs, states) if s == "pending" or (s == "failed" and rerun_failed)]
+
+
+def run_local(exp, jobs, env, composer, args) -> int:
+    from benchmark.sweep.local import execute
+
+    failures = []
+    for phase in (1, 2):
+        states = statuses(jobs, env["results"], exp["name"])
+        todo = to_run(jobs, states, args.rerun_failed)
+        if phase == 2 and not todo:
+            break
+        print(f"phase {phase}: {len(todo)} runs to do, {states.count('done')} done already")
+        if args.dry_run:
+            for j in todo:
+                print(f"  {j.name}  ({j.run_id})")
+            return 0
+        done = execute([j.cfg for j in todo], workers=int(env["launcher"].get("workers") or 1))
+        failures += [(cfg, err) for cfg, err in done if err]
+        derived = resolve_derived(jobs, env["results"], composer)
+        if derived:
+            path = record_derivation(env["results"], exp["name"], derived)
+            print("Few-iters steps derived from CLIP-s: " + ", ".join(
+                f"{m} mean {d['mean']} max {d['max']}" for m, d in derived.items()) + f" (recorded in {path})")
+    print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
+    return 1 if failures else 0
+
+
+def run_slurm(exp, jobs, env, args) -> int:
+    from benchmark.sweep import slurm
+
+    states = statuses(jobs, env["results"], exp["name"])
+    ready = [j for j in to_run(jobs, states, args.rerun_failed) if j.cfg is not None]
+    clip_s_busy = {r for j, s in zip(jobs, states) if j.strategy == "clip_s" and s in ("running", "queued")
+                   for r in [j.run_id]}
+    deferred = [j for j, s in zip(jobs, states) if s == "waiting"]
+    later = [j for j in deferred if set(j.clip_s_ids) & clip_s_busy]
+    deferred = [j for j in deferred if j not in later]
+    print(f"submitting {len(ready)} runs" + (f" and {len(deferred)} Few-iters runs after them" if deferred else "")
+          + f"; {states.count('done')} done, {states.count('running') + states.count('queued')} in Slurm already")
+    if later:
+        print(f"{len(later)} Few-iters runs wait for CLIP-s runs of an earlier submission: submit again when they end.")
+    if args.dry_run or not (ready or deferred):
+        return 0
+    ids = slurm.submit(ready, deferred, env["launcher"], env["results"], exp["name"])
+    record_submissions(env["results"], exp["name"], ids)
+    arrays = sorted({i.split("_")[0] for i in ids.values()})
+    print(f"submitted Slurm job arrays {', '.join(arrays)}; logs in {Path(env['launcher'].get('folder') or env['results'] / 'slurm') / exp['name']}")
+    print(f"watch: python -m benchmark.sweep status experiment={exp['name']}")
+    if args.wait:
+        from benchmark.sweep.plan import slurm_live_ids
+
+        while (live := slurm_live_ids()) and any(i in live or i.split("_")[0] in live for i in ids.values()):
+            time.sleep(5)
+        states = statuses(jobs, env["results"], exp["name"])
+        resolve_derived(jobs, env["results"])
+        print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
+        return 1 if "failed" in states else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.run import setup_logging
+
+    args = parse(argv)
+    setup_logging()
+    try:
+        if args.command == "list":
+            for name in available_experiments():
+                first = (Path(load_experiment(name)["path"]).read_text().splitlines() or [""])[0]
+                print(f"{name:<26}{first.lstrip('# ')}")
+            return 0
+        exp, jobs, env, composer = plan(args)
+        derived = resolve_derived(jobs, env["results"], composer)
+        record_derivation(env["results"], exp["name"], derived)
+        if args.command == "status":
+            print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
+            return 0
+        check_inputs(jobs, env["data"])
+        if env["launcher"].get("name") == "slurm":
+            return run_slurm(exp, jobs, env, args)
+        return run_local(exp, jobs, env, composer, args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Experiments (committed grids) → the runs they contain, each with its status on disk.
+
+An experiment file (conf/experiments/<name>.yaml) is data, reviewed like code:
+
+    # python -m benchmark.sweep experiment=smoke        <- the first comment: the command
+    overrides: [model=tiny, ...]      # for every run (Hydra override syntax)
+    grid:                             # crossed: one run per combination
+      method: [textual_inversion, dreambooth_lora, custom_diffusion]
+      strategy: [baseline, clip_s, few_iters_mean, few_iters_max, dvar]
+      concept: [sample_duck_toy]      # or "all": the 48 concepts of the manifest
+      seed: [59]
+    variants: [[ldet.batch_size=1], [ldet.batch_size=8]]   # optional, crossed with the grid
+    per_method: {custom_diffusion: [method.prior.num_class_images=4]}
+    few_iters: derive                 # derive (from this sweep's CLIP-s stop steps) | pinned
+
+"Done" is decided from the records: a run is done when its `runs` row says completed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from benchmark.config import run_id
+from benchmark.errors import ConfigError
+from benchmark.registry import unknown_name_error
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiments"
+GRID_KEYS = ("method", "strategy", "concept", "seed")
+DERIVED = {"few_iters_mean": "mean", "few_iters_max": "max"}
+
+
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+
+
+def load_experiment(name: str) -> dict:
+    """An experiment by name (conf/experiments/<name>.yaml) or by path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise unknown_name_error("experiment", name, available_experiments(), key="experiment")
+    exp = yaml.safe_load(path.read_text()) or {}
+    unknown = set(exp) - {"description", "overrides", "grid", "variants", "per_method", "few_iters"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; see benchmark/sweep/plan.py for the format.")
+    missing = [k for k in GRID_KEYS if k not in (exp.get("grid") or {})]
+    if missing:
+        raise ConfigError(f"{path}: grid must list {', '.join(missing)}.")
+    if exp.get("few_iters", "derive") not in ("derive", "pinned"):
+        raise ConfigError(f"{path}: few_iters must be derive or pinned (got {exp['few_iters']!r}).")
+    exp["name"] = path.stem
+    exp["path"] = str(path)
+    return exp
+
+
+@dataclass
+class Job:
+    """One run of a sweep. `cfg` is None for a Few-iters run whose step count is derived from
+    CLIP-s runs that have not finished yet."""
+
+    method: str
+    strategy: str               # the strategy config name (its label in the records)
+    concept: str
+    seed: int
+    overrides: list[str]
+    cfg: dict | None = None
+    derive: str | None = None   # "mean" | "max" for derived Few-iters
+    clip_s_ids: list[str] = field(default_factory=list)  # the CLIP-s runs the derivation reads
+
+    @property
+    def run_id(self) -> str | None:
+        return run_id(self.cfg) if self.cfg else None
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}/{self.strategy}/{self.concept}/seed{self.seed}"
+
+
+class Composer:
+    """Hydra composition is slow (~0.1 s), so compose once per override set and set concept and
+    seed directly (no config interpolates them)."""
+
+    def __init__(self):
+        self._cache: dict[tuple, dict] = {}
+
+    def __call__(self, overrides: list[str], concept: str, seed: int) -> dict:
+        import copy
+
+        from benchmark.bench import compose
+
+        key = tuple(overrides)
+        if key not in self._cache:
+            self._cache[key] = compose(list(overrides))
+        cfg = copy.deepcopy(self._cache[key])
+        cfg["concept"], cfg["seed"] = concept, int(seed)
+        return cfg
+
+
+def _concepts(value) -> list[str]:
+    if value == "all":
+        from benchmark.concepts.manifest import load_manifest
+
+        return [c.name for c in load_manifest().values() if c.source != "bundled"]
+    return list(value)
+
+
+def expand(exp: dict, cli_overrides: list[str], narrow: dict | None = None, composer: Composer | None = None) -> list[Job]:
+    """All runs of the experiment, CLIP-s-derived Few-iters left undecided (cfg None)."""
+    composer = composer or Composer()
+    grid = {k: list(exp["grid"][k]) if k != "concept" else _concepts(exp["grid"][k]) for k in GRID_KEYS}
+    for key, values in (narrow or {}).items():
+        if values:
+            grid[key] = list(values)
+    jobs: list[Job] = []
+    for variant in exp.get("variants") or [[]]:
+        for method, strategy, concept, seed in itertools.product(*(grid[k] for k in GRID_KEYS)):
+            overrides = [*exp.get("overrides", []), f"experiment={exp['name']}", f"method={method}",
+                         f"strategy={strategy}", *exp.get("per_method", {}).get(method, []), *variant,
+                         *cli_overrides]
+            job = Job(method, strategy, concept, int(seed), overrides)
+            if strategy in DERIVED and exp.get("few_iters", "derive") == "derive":
+                job.derive = DERIVED[strategy]
+            else:
+                job.cfg = composer(overrides, concept, seed)
+            jobs.append(job)
+    by_method = {}
+    for job in jobs:
+        if job.strategy == "clip_s":
+            by_method.setdefault((job.method, tuple(job.overrides)), []).append(job.run_id)
+    for job in jobs:
+        if job.derive:
+            key = (job.method, tuple(o.replace(f"strategy={job.strategy}", "strategy=clip_s") for o in job.overrides))
+            job.clip_s_ids = by_method.get(key, [])
+            if not job.clip_s_ids:
+                raise ConfigError(f"{exp['path']}: {job.strategy} for {job.method} derives its steps from CLIP-s "
+                                  "runs, but the grid has none; add clip_s to grid.strategy or set few_iters: pinned.")
+    return jobs
+
+
+# --- reading the records ------------------------------------------------------------------------
+def runs_table(results: Path):
+    from benchmark import records
+
+    return records.read(results, "runs")
+
+
+def derived_steps(runs, clip_s_ids: list[str]) -> dict | None:
+    """mean (rounded) and max of the completed CLIP-s stop steps, once every one of those runs has
+    finished (failed ones are left out); None before, or when none completed."""
+    mine = runs[runs.run_id.isin(clip_s_ids)]
+    if len(set(mine.run_id)) < len(set(clip_s_ids)):
+        return None
+    done = mine[mine.status == "completed"]
+    if done.empty:
+        return None
+    steps = done.drop_duplicates("run_id").iterations.astype(int)
+    return {"mean": int(round(float(np.mean(steps)))), "max": int(steps.max()), "n_clip_s_runs": int(len(steps)),
+            "clip_s_steps": sorted(int(s) for s in steps)}
+
+
+def resolve_derived(jobs: list[Job], results: Path, composer: Composer | None = None) -> dict:
+    """Give derived Few-iters jobs their step count where their CLIP-s runs are done; returns the
+    derivations (recorded by the caller)."""
+    composer = composer or Composer()
+    runs = runs_table(results)
+    out = {}
+    for job in jobs:
+        if job.derive and job.cfg is None:
+            d = derived_steps(runs, job.clip_s_ids)
+            if d is not None:
+                job.cfg = composer([*job.overrides, f"strategy.steps={d[job.derive]}"], job.concept, job.seed)
+                out[job.method] = d
+    return out
+
+
+def record_derivation(results: Path, experiment: str, derived: dict) -> Path | None:
+    if not derived:
+        return None
+    path = Path(results) / "work" / experiment / "few_iters_steps.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    current = json.loads(path.read_text()) if path.exists() else {}
+    current.update(derived)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def slurm_live_ids() -> set[str] | None:
+    """Job ids Slurm still knows (queued or running; arrays expanded), or None without Slurm."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(out.stdout.split()) if out.returncode == 0 else None
+
+
+def _alive(marker: dict, live: set[str] | None) -> bool:
+    job = marker.get("slurm_job_id")
+    if job:
+        return live is None or str(job) in live  # without squeue we cannot tell: assume alive
+    import socket
+
+    if marker.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(marker["pid"]), 0)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def submissions_file(results: Path, experiment: str) -> Path:
+    return Path(results) / "work" / experiment / "submitted.json"
+
+
+def read_submissions(results: Path, experiment: str) -> dict[str, str]:
+    """job name → Slurm job id of the latest submission of that run."""
+    f = submissions_file(results, experiment)
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def record_submissions(results: Path, experiment: str, new: dict[str, str]) -> None:
+    f = submissions_file(results, experiment)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    current = read_submissions(results, experiment)
+    current.update(new)
+    tmp = f.with_name(f".{f.name}.tmp")
+    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+    os.replace(tmp, f)
+
+
+def statuses(jobs: list[Job], results: Path, experiment: str) -> list[str]:
+    """Per job: done | failed | running | queued | pending | waiting (derived steps not known yet)."""
+    runs = runs_table(results)
+    submitted = read_submissions(results, experiment)
+    live = slurm_live_ids() if submitted else None
+    out = []
+    for job in jobs:
+        queued = live is not None and submitted.get(job.name) in live
+        if job.cfg is None:
+            out.append("queued" if queued else "waiting")
+            continue
+        rows = runs[runs.run_id == job.run_id]
+        marker = Path(results) / "work" / experiment / job.run_id / "RUNNING"
+        state = "pending"
+        if len(rows):
+            state = "done" if (rows.status == "completed").any() else "failed"
+        if state != "done" and marker.exists():
+            try:
+                if _alive(json.loads(marker.read_text()), live):
+                    state = "running"
+            except (OSError, ValueError):
+                pass
+        if state in ("pending", "failed") and queued:
+            state = "queued"
+        out.append(state)
+    return out
