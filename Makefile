@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 smoke: install
-	$(PY) -m benchmark.run
+	$(PY) -m benchmark.sweep experiment=smoke
 
 test: install
 	$(PY) -m pytest -q

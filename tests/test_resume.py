@@ -1,0 +1,74 @@
+"""A run killed with SIGKILL mid-training and launched again ends with the records of an
+uninterrupted run: same stop step, same L_det values, same metrics."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from benchmark import records
+from benchmark.train import run
+from tests.helpers import PROJECT_ROOT, SMALL_METHOD, TINY, tiny_run_config, without_timing
+
+RUN_KEYS = ["iterations", "reported_step", "stop_reason", "train_clip_img", "train_clip_txt", "val_clip_img",
+            "val_clip_txt", "dino", "div"]
+
+
+def command(results: Path, method: str, strategy: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "benchmark.run", *TINY, f"method={method}", f"strategy={strategy}",
+            f"paths.results={results}", "checkpoint_every=3", *SMALL_METHOD.get(method, []), *extra]
+
+
+def kill_after_a_checkpoint(cmd: list[str], results: Path, min_step: int) -> int:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    step = -1
+    while time.time() < deadline and proc.poll() is None:
+        for f in results.glob("work/*/*/checkpoint/state.pt"):
+            try:
+                step = torch.load(f, weights_only=False)["step"]
+            except Exception:
+                continue
+        if step >= min_step:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert step >= min_step, "the run was killed after a checkpoint and before it finished"
+    return step
+
+
+def table(results: Path, name: str) -> pd.DataFrame:
+    return without_timing(records.read(results, name))
+
+
+def check_same(a: Path, b: Path) -> None:
+    for name in ("steps", "evals"):
+        pd.testing.assert_frame_equal(table(a, name), table(b, name))
+    ra, rb = records.read(a, "runs").iloc[0], records.read(b, "runs").iloc[0]
+    assert ra.run_id == rb.run_id
+    assert ra[RUN_KEYS].tolist() == rb[RUN_KEYS].tolist()
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    for method, strategy, extra in [
+        ("dreambooth_lora", "dvar", ["strategy.max_steps=40", "strategy.window=12", "strategy.threshold=0.3"]),
+        ("textual_inversion", "clip_s", ["strategy.max_steps=16", "strategy.eval_every=2", "strategy.patience=3",
+                                        "strategy.eps=0.0"]),
+    ]:
+        base = tmp_path / method
+        run(tiny_run_config(method, strategy, base / "clean", "checkpoint_every=3", *extra), share_models=True)
+        step = kill_after_a_checkpoint(command(base / "killed", method, strategy, extra), base / "killed", 6)
+        stopped = records.read(base / "clean", "runs").iloc[0].iterations
+        assert step < stopped, f"{method}: killed at checkpoint {step}, before the stop at {stopped}"
+        assert not (base / "killed" / "runs").exists()
+        subprocess.run(command(base / "killed", method, strategy, extra), cwd=PROJECT_ROOT, check=True,
+                       capture_output=True)
+        check_same(base / "clean", base / "killed")
+        assert not list((base / "killed").glob("work/*/*/checkpoint")), "the checkpoint is removed once done"

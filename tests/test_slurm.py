@@ -1,0 +1,102 @@
+"""Sweeps on a real Slurm cluster through submitit (started by slurm/start.sh; .ci/run does it).
+
+Skipped where `sinfo` does not answer, so the rest of the suite runs anywhere.
+"""
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchmark import records
+from benchmark.sweep.cli import main as sweep
+from benchmark.train import run
+from tests.helpers import TINY, tiny_run_config, without_timing
+
+
+def slurm_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True)
+    return out.returncode == 0 and "up" in out.stdout
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster (bash slurm/start.sh)")]
+LAUNCHER = ["launcher=slurm", "launcher.partition=debug", "launcher.timeout_min=20", "launcher.cpus_per_task=1",
+            "launcher.mem_gb=2", "launcher.gpus_per_node=null", "launcher.signal_delay_s=30"]
+
+
+@pytest.fixture(autouse=True)
+def quick_submitit():
+    import submitit
+
+    submitit.core.core.Job._results_timeout_s = 2  # a job that ended without a result raises in seconds
+
+
+def test_sweep_on_slurm_with_the_few_iters_phase(tmp_path):
+    results = tmp_path / "results"
+    exp = {"overrides": [*TINY, "method.max_train_steps=8", "method.protocol.clip_s.eval_every=2",
+                         "method.protocol.clip_s.patience=0", "method.protocol.clip_s.eps=0.5",
+                         "method.protocol.dvar.window=3", "method.protocol.dvar.threshold=0.9"],
+           "grid": {"method": ["textual_inversion", "dreambooth_lora"],
+                    "strategy": ["clip_s", "few_iters_mean", "few_iters_max", "dvar"],
+                    "concept": ["sample_duck_toy"], "seed": [59]}}
+    path = tmp_path / "slurmini.yaml"
+    path.write_text("# python -m benchmark.sweep experiment=<this file> launcher=slurm\n" + yaml.safe_dump(exp))
+    args = [f"experiment={path}", f"paths.results={results}", *LAUNCHER]
+    assert sweep([*args, "--wait"]) == 0
+
+    runs = records.read(results, "runs")
+    assert len(runs) == 8 and (runs.status == "completed").all()
+    assert runs.slurm_job_id.notna().all(), "every run ran as a Slurm job"
+    for method in ("textual_inversion", "dreambooth_lora"):
+        mine = runs[runs.method == method]
+        clip = mine[mine.strategy == "clip_s"].iterations.iloc[0]
+        assert (mine[mine.strategy.str.startswith("few_iters")].iterations == clip).all()
+    steps = records.read(results, "steps")
+    for row in runs.itertuples():
+        assert list(steps[steps.run_id == row.run_id].sort_values("step").step) == list(range(row.iterations + 1))
+    logs = list((results / "slurm" / "slurmini").rglob("*_log.out"))
+    assert len(logs) == 8, "one log file per job"
+    assert sweep(args) == 0 and len(records.read(results, "runs")) == 8, "nothing left to submit"
+
+
+def test_preempted_job_requeues_and_resumes(tmp_path):
+    extra = ["strategy.max_steps=150", "strategy.window=100", "strategy.threshold=0.001", "checkpoint_every=10"]
+    clean = run(tiny_run_config("textual_inversion", "dvar", tmp_path / "clean", *extra), share_models=True)
+
+    exp = {"overrides": [*TINY, *extra], "grid": {"method": ["textual_inversion"], "strategy": ["dvar"],
+                                                  "concept": ["sample_duck_toy"], "seed": [59]}}
+    path = tmp_path / "preempt.yaml"
+    path.write_text("# preemption test\n" + yaml.safe_dump(exp))
+    results = tmp_path / "slurm"
+    assert sweep([f"experiment={path}", f"paths.results={results}", *LAUNCHER]) == 0
+    job_id = next(iter(__import__("json").loads((results / "work/preempt/submitted.json").read_text()).values()))
+
+    deadline, step = time.time() + 180, -1
+    while time.time() < deadline and step < 20:
+        for f in results.glob("work/preempt/*/checkpoint/state.pt"):
+            try:
+                step = torch.load(f, weights_only=False)["step"]
+            except Exception:
+                pass
+        time.sleep(0.2)
+    assert step >= 20, "the job checkpointed"
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)  # what a preempting scheduler sends
+
+    while time.time() < deadline + 240 and not (results / "runs").exists():
+        time.sleep(1)
+    runs = records.read(results, "runs")
+    assert len(runs) == 1 and runs.status.iloc[0] == "completed"
+    log = next(results.glob("work/preempt/*/log.txt")).read_text()
+    assert "resumed" in log, "the requeued job continued from its checkpoint"
+    for name in ("steps", "evals"):
+        a = without_timing(records.read(tmp_path / "clean", name))
+        b = without_timing(records.read(results, name)).drop(columns=["experiment"])
+        pd.testing.assert_frame_equal(a.drop(columns=["experiment"]), b)
+    assert runs.iterations.iloc[0] == clean["iterations"] and runs.run_id.iloc[0] == clean["run_id"]

@@ -1,0 +1,108 @@
+"""Sweeps on this machine: phases, derived Few-iters, skip-done, rerun of deleted or failed runs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark import records
+from benchmark.sweep.cli import main as sweep
+from tests.helpers import TINY
+
+OVERRIDES = [*TINY, "method.max_train_steps=10", "method.protocol.clip_s.eval_every=2",
+             "method.protocol.clip_s.patience=0", "method.protocol.clip_s.eps=0.5",
+             "method.protocol.dvar.window=3", "method.protocol.dvar.threshold=0.9",
+             "method.protocol.baseline.eval_every=5"]
+
+
+def experiment(tmp_path: Path, **changes) -> Path:
+    exp = {"overrides": OVERRIDES,
+           "grid": {"method": ["textual_inversion"], "strategy": ["clip_s", "few_iters_mean", "few_iters_max", "dvar"],
+                    "concept": ["sample_duck_toy"], "seed": [59, 60]},
+           "few_iters": "derive", **changes}
+    path = tmp_path / "mini.yaml"
+    path.write_text("# python -m benchmark.sweep experiment=<this file>\n" + yaml.safe_dump(exp))
+    return path
+
+
+def stamps(results: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (results / "runs").rglob("*.parquet")}
+
+
+def test_local_sweep_phases_skip_and_rerun(tmp_path, capsys):
+    results = tmp_path / "results"
+    args = [f"experiment={experiment(tmp_path)}", f"paths.results={results}"]
+    assert sweep(args) == 0
+    runs = records.read(results, "runs")
+    assert len(runs) == 8 and (runs.status == "completed").all()
+    clip = runs[runs.strategy == "clip_s"].iterations
+    derived = json.loads((results / "work" / "mini" / "few_iters_steps.json").read_text())["textual_inversion"]
+    assert derived["mean"] == round(clip.mean()) and derived["max"] == clip.max()
+    assert (runs[runs.strategy == "few_iters_mean"].iterations == derived["mean"]).all()
+    assert (runs[runs.strategy == "few_iters_max"].iterations == derived["max"]).all()
+    steps = records.read(results, "steps")
+    assert set(steps.run_id) == set(runs.run_id), "every run left its steps"
+
+    before = stamps(results)
+    capsys.readouterr()
+    assert sweep(args) == 0
+    assert "0 runs to do" in capsys.readouterr().out
+    assert stamps(results) == before, "a finished experiment submits nothing"
+
+    victim = runs[runs.strategy == "dvar"].iloc[0]
+    for table in ("runs", "steps", "evals"):
+        for f in (results / table).rglob(f"{victim.run_id}*.parquet"):
+            f.unlink()
+    assert sweep(args) == 0
+    after = stamps(results)
+    rerun = [p for p in after if after[p] != before.get(p)]
+    assert [p.stem for p in rerun] == [victim.run_id], "only the deleted run ran again"
+    assert len(records.read(results, "runs")) == 8
+
+
+def test_failed_runs_are_listed_and_rerun_on_demand(tmp_path, capsys):
+    results = tmp_path / "results"
+    exp = experiment(tmp_path, grid={"method": ["textual_inversion", "dreambooth_lora"], "strategy": ["dvar"],
+                                     "concept": ["sample_duck_toy"], "seed": [59]},
+                     per_method={"dreambooth_lora": ["method.lora.target_modules=[no_such_layer]"]})
+    args = [f"experiment={exp}", f"paths.results={results}"]
+    assert sweep(args) == 1
+    out = capsys.readouterr().out
+    assert "1 done, 1 failed" in out and "failed runs" in out and "no_such_layer" in out and "log.txt" in out
+    failed = stamps(results)
+    assert sweep(args) == 0, "without --rerun-failed nothing runs"
+    assert stamps(results) == failed
+    assert sweep([*args, "--rerun-failed"]) == 1
+    changed = [p for p, t in stamps(results).items() if failed[p] != t]
+    assert len(changed) == 1 and "dreambooth_lora" in str(changed[0])
+
+
+def test_sweep_refuses_to_start_with_a_missing_concept(tmp_path, capsys):
+    exp = experiment(tmp_path, grid={"method": ["textual_inversion"], "strategy": ["dvar"],
+                                     "concept": ["duck_toy"], "seed": [59]})
+    assert sweep([f"experiment={exp}", f"paths.results={tmp_path}/r", f"paths.data={tmp_path}/nodata"]) == 2
+    assert "benchmark.concepts fetch duck_toy" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "runs").exists()
+
+
+def test_unknown_experiment_suggests(capsys):
+    assert sweep(["experiment=smok"]) == 2
+    assert "Did you mean: smoke" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["smoke", "table1"])
+def test_committed_experiments_expand(name, capsys):
+    """The first comment is the command; the grid composes into valid run configs."""
+    from benchmark.config import validate
+    from benchmark.sweep.plan import expand, load_experiment
+
+    exp = load_experiment(name)
+    first = Path(exp["path"]).read_text().splitlines()[0]
+    assert first.startswith(f"# python -m benchmark.sweep experiment={name}")
+    jobs = expand(exp, [])
+    assert len(jobs) == {"smoke": 15, "table1": 720}[name]
+    for job in jobs:
+        if job.cfg is not None:
+            validate(job.cfg)
+    assert {j.derive for j in jobs} == {None, "mean", "max"}
