@@ -1,0 +1,161 @@
+"""Stopping criteria replayed on logged traces, and a tuned grid search over their hyperparameters.
+
+A full-length run (e.g. a Baseline run with L_det after every update and CLIP evaluations every 50
+updates) holds the whole trajectory, so any criterion can be evaluated on it without training again.
+The criteria are the very state machines the live runs use (benchmark.stopping), so a replay of
+DVAR or CLIP-s on a trace stops where a live run with the same seed stops.
+
+Quality at a stop step is read from the evaluated checkpoint nearest to it (ties: the earlier one);
+CLIP-s reports its best checkpoint by train CLIP img among the checks it made, as live runs do.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from benchmark.errors import ConfigError
+from benchmark.stopping import DVAR, ClipS, EMAPercentile, Hall, Trend
+
+QUALITY = ("train_clip_img", "val_clip_img", "val_clip_txt", "dino", "div")
+CRITERIA = {
+    "dvar": {"window": int, "threshold": float, "every": int},
+    "clip_s": {"patience": int, "eps": float, "every": int},
+    "ema": {"window": int, "threshold": float},
+    "hall": {"window": int, "threshold": float},
+    "trend": {"window": int, "threshold": float},
+    "fixed": {"steps": int},
+}
+
+
+@dataclass
+class Trace:
+    run_id: str
+    method: str
+    concept: str
+    seed: int
+    steps: pd.DataFrame   # step, l_det, ... (sorted)
+    evals: pd.DataFrame   # step, train_clip_img, ... (sorted, in-loop and final)
+
+    @property
+    def length(self) -> int:
+        return int(self.steps.step.max())
+
+
+def traces(runs: pd.DataFrame, steps: pd.DataFrame, evals: pd.DataFrame) -> list[Trace]:
+    out = []
+    for r in runs.itertuples():
+        s = steps[steps.run_id == r.run_id].sort_values("step").reset_index(drop=True)
+        e = evals[evals.run_id == r.run_id].sort_values("step").drop_duplicates("step").reset_index(drop=True)
+        out.append(Trace(r.run_id, r.method, r.concept, int(r.seed), s, e))
+    return out
+
+
+def _params(criterion: str, params: dict) -> dict:
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion '{criterion}'; choose from {', '.join(CRITERIA)}")
+    unknown = set(params) - set(CRITERIA[criterion])
+    if unknown:
+        raise ConfigError(f"{criterion} takes {', '.join(CRITERIA[criterion])} (got {sorted(unknown)})")
+    return {k: CRITERIA[criterion][k](v) for k, v in params.items()}
+
+
+def _quality_at(trace: Trace, step: int) -> pd.Series:
+    if trace.evals.empty:
+        return pd.Series({q: np.nan for q in (*QUALITY, "eval_step")})
+    distance = (trace.evals.step - step).abs()
+    row = trace.evals.loc[distance.idxmin()]  # idxmin: the first (earlier) of equally near ones
+    return pd.Series({**{q: row[q] for q in QUALITY}, "eval_step": int(row.step)})
+
+
+def replay(trace: Trace, criterion: str, params: dict) -> dict:
+    """Stop step (and whether the criterion fired) and the quality reported at that step."""
+    p = _params(criterion, params)
+    stopped, stop = False, trace.length
+    if criterion == "fixed":
+        if p["steps"] > trace.length:
+            raise ConfigError(f"run {trace.run_id}: trace has {trace.length} steps, fixed needs {p['steps']}")
+        stopped, stop = True, p["steps"]
+    elif criterion == "clip_s":
+        every = p.get("every", 50)
+        checks = trace.evals[(trace.evals.step > 0) & (trace.evals.step % every == 0)]
+        expected = set(range(every, trace.length + 1, every))
+        if set(checks.step) != expected:
+            raise ConfigError(f"run {trace.run_id}: CLIP-s every {every} needs evaluations at every multiple of "
+                              f"{every}; the trace has them at {sorted(set(trace.evals.step))[:8]}...")
+        c = ClipS(p["patience"], p["eps"])
+        best_step, best = None, -math.inf
+        for r in checks.itertuples():
+            if r.train_clip_img > best:
+                best_step, best = int(r.step), r.train_clip_img
+            if c.update(int(r.step), r.train_clip_img):
+                stopped, stop = True, int(r.step)
+                break
+        quality = _quality_at(trace, best_step if best_step is not None else stop)
+        return {"stop_step": stop, "stopped": stopped, "reported_step": int(quality.eval_step), **quality[list(QUALITY)]}
+    else:
+        every = p.pop("every", 1)
+        c = DVAR(stride=every, **p) if criterion == "dvar" else \
+            {"ema": EMAPercentile, "hall": Hall, "trend": Trend}[criterion](p["window"], p["threshold"])
+        values = trace.steps[(trace.steps.step % every == 0) & trace.steps.l_det.notna()]
+        if len(values) < trace.length // every:
+            raise ConfigError(f"run {trace.run_id}: the trace lacks L_det every {every} steps")
+        for r in values.itertuples():
+            if c.update(int(r.step), r.l_det):
+                stopped, stop = True, int(r.step)
+                break
+    quality = _quality_at(trace, stop)
+    return {"stop_step": stop, "stopped": stopped, "reported_step": int(quality.eval_step), **quality[list(QUALITY)]}
+
+
+def replay_all(ts: list[Trace], criterion: str, params: dict) -> pd.DataFrame:
+    rows = []
+    for t in ts:
+        best = t.evals.train_clip_img.max() if not t.evals.empty else np.nan
+        r = replay(t, criterion, params)
+        rows.append({"run_id": t.run_id, "method": t.method, "concept": t.concept, "seed": t.seed,
+                     "length": t.length, **r, "speedup": t.length / max(r["stop_step"], 1),
+                     "retained": r["train_clip_img"] / best if best else np.nan})
+    return pd.DataFrame(rows)
+
+
+def split_concepts(concepts, tuning_fraction: float, seed: int) -> tuple[set, set]:
+    names = sorted(set(concepts))
+    rng = np.random.default_rng(seed)
+    names = [names[i] for i in rng.permutation(len(names))]
+    k = max(1, math.ceil(tuning_fraction * len(names))) if len(names) > 1 else 1
+    return set(names[:k]), set(names[k:])
+
+
+def grid_search(ts: list[Trace], criterion: str, grid: dict[str, list], tuning_fraction: float = 0.5,
+                seed: int = 0, target: float = 0.9) -> pd.DataFrame:
+    """Every combination of `grid` on the tuning concepts and the held-out ones.
+
+    speed-up = trace length / stop step (mean over runs); retained = train CLIP img at the reported
+    step / the trace's best (mean over runs). The chosen combination has the largest tuning speed-up
+    among those retaining at least `target` on the tuning concepts (the paper's CLIP-s tuning rule),
+    else the largest retention; its held-out numbers are the honest estimate.
+    """
+    tuning, held_out = split_concepts([t.concept for t in ts], tuning_fraction, seed)
+    keys = list(grid)
+    rows = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values))
+        r = replay_all(ts, criterion, params)
+        row = dict(params)
+        for name, subset in (("tuning", tuning), ("held_out", held_out)):
+            part = r[r.concept.isin(subset)]
+            row[f"{name}_speedup"] = part.speedup.mean() if len(part) else np.nan
+            row[f"{name}_retained"] = part.retained.mean() if len(part) else np.nan
+            row[f"{name}_mean_stop"] = part.stop_step.mean() if len(part) else np.nan
+            row[f"{name}_n"] = len(part)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    ok = out[out.tuning_retained >= target]
+    chosen = ok.tuning_speedup.idxmax() if len(ok) else out.tuning_retained.idxmax()
+    out["chosen"] = out.index == chosen
+    return out

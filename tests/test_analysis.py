@@ -1,0 +1,168 @@
+"""Tables from known records (golden), replay = live stop steps, the report from the smoke sweep."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from analysis.load import completed_runs, evals_of, steps_of
+from analysis.replay import grid_search, replay, traces
+from analysis.tables import table1, table3, to_csv, to_latex, to_markdown, versus_paper
+from benchmark import records
+from benchmark.sweep.cli import main as sweep
+from benchmark.train import run
+from tests.helpers import PROJECT_ROOT, tiny_run_config
+
+
+# --- golden tables ---------------------------------------------------------------------------------
+def synthetic(results: Path, drop=()) -> None:
+    """Known per-concept values: concept a has two seeds (averaged first)."""
+    rows = []
+    for strategy, iters, total in (("baseline", [100, 100, 100, 100], [60, 60, 120, 180]),
+                                   ("dvar", [40, 40, 50, 60], [60, 60, 120, 180])):
+        for (concept, seed), it, tot, clip, dino in zip([("a", 1), ("a", 2), ("b", 1), ("c", 1)], iters, total,
+                                                        [0.65, 0.75, 0.8, 0.9], [0.5, 0.5, 0.6, 0.7]):
+            if (strategy, concept) in drop:
+                continue
+            rows.append(({"experiment": "gold", "method": "textual_inversion", "strategy": strategy},
+                         {"run_id": f"{strategy}-{concept}-{seed}", "concept": concept, "seed": seed,
+                          "status": "completed", "iterations": it, "reported_step": it, "train_clip_img": clip,
+                          "val_clip_img": clip - 0.1, "val_clip_txt": 0.2, "dino": dino, "div": 0.75,
+                          "total_s": tot, "ldet_s": 30.0}))
+    for keys, row in rows:
+        records.write_part(results, "runs", keys, f"{row['run_id']}.parquet", [row])
+
+
+GOLD_MD_1 = """\
+| Method | Strategy | Train CLIP img | Val CLIP img | Val CLIP txt | Iterations | Time, min | n |
+|---|---|---:|---:|---:|---:|---:|---:|
+| Textual Inversion | Baseline | 0.800 ± 0.100 | 0.700 ± 0.100 | 0.200 ± 0.000 | 100.0 ± 0.0 | 1.50 ± 1.00 | 3 |
+| Textual Inversion | DVAR | 0.800 ± 0.100 | 0.700 ± 0.100 | 0.200 ± 0.000 | 50.0 ± 10.0 | 2.00 ± 1.00 | 3 |
+mean ± std over concepts (std ddof=1); n = concepts per cell
+"""
+GOLD_MD_3 = """\
+| Method | Strategy | DINO | DIV | n |
+|---|---|---:|---:|---:|
+| Textual Inversion | Baseline | 0.600 ± 0.100 | 0.750 ± 0.000 | 3 |
+| Textual Inversion | DVAR | 0.600 ± 0.100 | 0.750 ± 0.000 | 3 |
+mean ± std over concepts (std ddof=1); n = concepts per cell
+"""
+GOLD_TEX_3_ROWS = [r"Method & Strategy & DINO & DIV & n \\",
+                   r"Textual Inversion & Baseline & 0.600 $\pm$ 0.100 & 0.750 $\pm$ 0.000 & 3 \\",
+                   r"Textual Inversion & DVAR & 0.600 $\pm$ 0.100 & 0.750 $\pm$ 0.000 & 3 \\"]
+GOLD_CSV_3 = """\
+method,strategy,metric,mean,std,n,complete
+textual_inversion,baseline,DINO,0.6,0.1,3,True
+textual_inversion,baseline,DIV,0.75,0,3,True
+textual_inversion,dvar,DINO,0.6,0.1,3,True
+textual_inversion,dvar,DIV,0.75,0,3,True
+"""
+
+
+def test_golden_tables(tmp_path):
+    synthetic(tmp_path)
+    runs = completed_runs(tmp_path, "gold")
+    assert to_markdown(table1(runs)) == GOLD_MD_1
+    assert to_markdown(table3(runs)) == GOLD_MD_3
+    tex = to_latex(table3(runs), "DINO and DIV.")
+    for row in GOLD_TEX_3_ROWS:
+        assert row in tex.splitlines()
+    assert tex.startswith(r"\begin{table}") and r"ddof=1" in tex
+    assert to_csv(table3(runs)) == GOLD_CSV_3
+
+
+def test_incomplete_cells_are_marked_and_warned(tmp_path):
+    synthetic(tmp_path, drop={("dvar", "c")})
+    with pytest.warns(UserWarning, match="incomplete cells.*dvar \\(2\\)"):
+        md = to_markdown(table1(completed_runs(tmp_path, "gold")))
+    assert "| Textual Inversion | DVAR |" in md and md.splitlines()[3].endswith("| 2* |")
+
+
+def test_side_by_side_with_the_paper(tmp_path):
+    synthetic(tmp_path)
+    both = versus_paper(table1(completed_runs(tmp_path, "gold")), 1)
+    row = both[(both.strategy == "DVAR") & (both.metric == "Iterations")].iloc[0]
+    assert row.paper_mean == 566.0 and row.paper_std == 141.5 and row["diff"] == pytest.approx(50 - 566)
+
+
+# --- replay ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    results = tmp_path_factory.mktemp("replay")
+    common = ["experiment=replay"]
+    rows = {
+        "baseline": run(tiny_run_config("textual_inversion", "baseline", results, *common, "strategy.max_steps=24",
+                                        "strategy.eval_every=2"), share_models=True),
+        "dvar": run(tiny_run_config("textual_inversion", "dvar", results, *common, "strategy.max_steps=24",
+                                    "strategy.window=6", "strategy.threshold=0.5"), share_models=True),
+        "clip_s": run(tiny_run_config("textual_inversion", "clip_s", results, *common, "strategy.max_steps=24",
+                                      "strategy.eval_every=2", "strategy.patience=1", "strategy.eps=0.0"),
+                      share_models=True),
+    }
+    return results, rows
+
+
+def baseline_trace(results):
+    runs = completed_runs(results, "replay")
+    runs = runs[runs.strategy == "baseline"]
+    return traces(runs, steps_of(results, "replay", runs.run_id), evals_of(results, "replay", runs.run_id))[0]
+
+
+def test_replayed_dvar_and_clip_s_stop_where_the_live_runs_stopped(live):
+    results, rows = live
+    assert rows["dvar"]["stop_reason"] == "criterion" and rows["clip_s"]["stop_reason"] == "criterion"
+    trace = baseline_trace(results)
+    dvar = replay(trace, "dvar", {"window": 6, "threshold": 0.5})
+    assert (dvar["stop_step"], dvar["stopped"]) == (rows["dvar"]["iterations"], True)
+    clip = replay(trace, "clip_s", {"patience": 1, "eps": 0.0, "every": 2})
+    assert (clip["stop_step"], clip["reported_step"]) == (rows["clip_s"]["iterations"], rows["clip_s"]["reported_step"])
+    assert clip["train_clip_img"] == pytest.approx(rows["clip_s"]["train_clip_img"])
+
+
+def test_other_criteria_and_grid_search(live):
+    results, _ = live
+    trace = baseline_trace(results)
+    for criterion, params in (("ema", {"window": 4, "threshold": 1e-3}), ("hall", {"window": 4, "threshold": 0.1}),
+                              ("trend", {"window": 4, "threshold": 0.1}), ("fixed", {"steps": 10})):
+        r = replay(trace, criterion, params)
+        assert 0 < r["stop_step"] <= trace.length and r["reported_step"] in set(trace.evals.step)
+    table = grid_search([trace], "dvar", {"window": [4, 6], "threshold": [0.2, 0.5]})
+    assert len(table) == 4 and table.chosen.sum() == 1
+    assert (table.tuning_speedup >= 1).all()
+
+
+# --- the one command on the smoke experiment ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The README's main job, run as the README runs it."""
+    results = tmp_path_factory.mktemp("smoke")
+    assert sweep(["experiment=smoke", f"paths.results={results}"]) == 0
+    return results
+
+
+def test_report_from_the_smoke_experiment(smoke):
+    out = smoke / "analysis" / "smoke"
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "--experiment", "smoke", "--results", str(smoke)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("table1.md", "table1.tex", "table1.csv", "table3.md", "table1_vs_paper.md", "report.md", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    pngs, svgs = list(out.rglob("*.png")), list(out.rglob("*.svg"))
+    assert len(pngs) >= 5 and len(pngs) == len(svgs)
+    for png in pngs:
+        with Image.open(png) as im:
+            im.verify()
+    for svg in svgs:
+        assert ET.parse(svg).getroot().tag.endswith("svg")
+    report = (out / "report.md").read_text()
+    assert "15 completed runs" in report and "Few-iters step counts" in report
+    assert report.count("| Textual Inversion |") >= 5
+
+
+def test_analysis_imports_no_torch():
+    code = ("import sys, analysis.cli, analysis.report, analysis.replay, analysis.tables, analysis.figures;"
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT).returncode == 0
