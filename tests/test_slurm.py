@@ -6,7 +6,6 @@ Skipped where `sinfo` does not answer, so the rest of the suite runs anywhere.
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -43,7 +42,7 @@ def test_sweep_on_slurm_with_the_few_iters_phase(tmp_path):
     exp = {"overrides": [*TINY, "method.max_train_steps=8", "method.protocol.clip_s.eval_every=2",
                          "method.protocol.clip_s.patience=0", "method.protocol.clip_s.eps=0.5",
                          "method.protocol.dvar.window=3", "method.protocol.dvar.threshold=0.9"],
-           "grid": {"method": ["textual_inversion", "dreambooth_lora"],
+           "grid": {"method": ["textual_inversion"],
                     "strategy": ["clip_s", "few_iters_mean", "few_iters_max", "dvar"],
                     "concept": ["sample_duck_toy"], "seed": [59]}}
     path = tmp_path / "slurmini.yaml"
@@ -52,18 +51,16 @@ def test_sweep_on_slurm_with_the_few_iters_phase(tmp_path):
     assert sweep([*args, "--wait"]) == 0
 
     runs = records.read(results, "runs")
-    assert len(runs) == 8 and (runs.status == "completed").all()
+    assert len(runs) == 4 and (runs.status == "completed").all()
     assert runs.slurm_job_id.notna().all(), "every run ran as a Slurm job"
-    for method in ("textual_inversion", "dreambooth_lora"):
-        mine = runs[runs.method == method]
-        clip = mine[mine.strategy == "clip_s"].iterations.iloc[0]
-        assert (mine[mine.strategy.str.startswith("few_iters")].iterations == clip).all()
+    clip = runs[runs.strategy == "clip_s"].iterations.iloc[0]
+    assert (runs[runs.strategy.str.startswith("few_iters")].iterations == clip).all(), "derived from CLIP-s"
     steps = records.read(results, "steps")
     for row in runs.itertuples():
         assert list(steps[steps.run_id == row.run_id].sort_values("step").step) == list(range(row.iterations + 1))
     logs = list((results / "slurm" / "slurmini").rglob("*_log.out"))
-    assert len(logs) == 8, "one log file per job"
-    assert sweep(args) == 0 and len(records.read(results, "runs")) == 8, "nothing left to submit"
+    assert len(logs) == 4, "one log file per job"
+    assert sweep(args) == 0 and len(records.read(results, "runs")) == 4, "nothing left to submit"
 
 
 def test_preempted_job_requeues_and_resumes(tmp_path):
