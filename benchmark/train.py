@@ -312,7 +312,6 @@ class Trainer:
             for part in records.run_parts(self.paths.results, table, self.paths.keys, self.rid):
                 if records.part_range(part)[1] > step:
                     part.unlink()
-        self.flushed_to = step
         log.info("resumed %s from step %d", self.rid, step)
         return step
 
@@ -321,8 +320,6 @@ class Trainer:
             if rows:
                 name = records.part_name(self.rid, rows[0]["step"], rows[-1]["step"])
                 records.write_part(self.paths.results, table, self.paths.keys, name, rows)
-        if self.step_rows:
-            self.flushed_to = self.step_rows[-1]["step"]
         self.step_rows, self.eval_rows = [], []
 
     # --------------------------------------------------------------------------------- fit --
@@ -334,9 +331,7 @@ class Trainer:
         self.best = {"step": None, "value": None, "weights": None, "metrics": None}
         self.timers = {"train_s": 0.0, "ldet_s": 0.0, "sampling_s": 0.0, "loop_s": 0.0}
         self.stopped = None  # (step, reason) once decided
-        self.flushed_to = -1
         start = self.try_resume()
-        every = int(cfg["ldet"]["every"])
         ckpt_every = int(cfg.get("checkpoint_every") or 0)
         log_every = max(1, int(cfg.get("log_every") or 1))
         bar = tqdm(total=strategy.max_steps, initial=max(start, 0), desc=f"{self.paths.keys['method']}/"

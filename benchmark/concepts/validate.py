@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmark.concepts.images import IMAGE_SUFFIXES, MIN_SIDE, decode_image, image_files
+from benchmark.concepts.images import IMAGE_SUFFIXES, decode_image, image_files
 from benchmark.errors import ConfigError
 
 EXIF_ORIENTATION = 0x0112

@@ -13,7 +13,6 @@ Arguments of the form key=value are Hydra overrides for every run (`paths.result
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -156,8 +155,7 @@ def run_slurm(exp, jobs, env, args) -> int:
 
     states = statuses(jobs, env["results"], exp["name"])
     ready = [j for j in to_run(jobs, states, args.rerun_failed) if j.cfg is not None]
-    clip_s_busy = {r for j, s in zip(jobs, states) if j.strategy == "clip_s" and s in ("running", "queued")
-                   for r in [j.run_id]}
+    clip_s_busy = {j.run_id for j, s in zip(jobs, states) if j.strategy == "clip_s" and s in ("running", "queued")}
     deferred = [j for j, s in zip(jobs, states) if s == "waiting"]
     later = [j for j in deferred if set(j.clip_s_ids) & clip_s_busy]
     deferred = [j for j in deferred if j not in later]
@@ -177,9 +175,9 @@ def run_slurm(exp, jobs, env, args) -> int:
 
         while (live := slurm_live_ids()) and any(i in live or i.split("_")[0] in live for i in ids.values()):
             time.sleep(5)
-        states = statuses(jobs, env["results"], exp["name"])
         resolve_derived(jobs, env["results"])
-        print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
+        states = statuses(jobs, env["results"], exp["name"])
+        print_status(exp, jobs, states, env["results"])
         return 1 if "failed" in states else 0
     return 0
 
