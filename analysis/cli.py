@@ -2,6 +2,7 @@
 
     python -m analysis report --experiment smoke                  # everything, into results/analysis/smoke/
     python -m analysis tables --experiment table1
+    python -m analysis ablation --experiment ablation_timesteps   # Fig. 5 grid, Table 4, trend-to-noise
     python -m analysis replay --experiment traces --criterion dvar --grid window=100,200,310 threshold=0.1,0.15
 """
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("report", "tables, figures, report.md and report.html"), ("tables", "Tables 1 and 3 only"),
+                        ("ablation", "evaluation-batch and timestep ablations: L_det grid, Table 4, trend-to-noise"),
                         ("replay", "evaluate a stopping criterion on logged full-length traces")):
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--experiment", required=True)
@@ -51,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
 
             files = build(args.results, args.experiment, out)
             print(f"wrote {len(files)} files to {out}; open {out / 'report.html'}")
+        elif args.command == "ablation":
+            from analysis.ablation import write
+
+            files = write(args.results, args.experiment, out)
+            print((out / "ablation.md").read_text())
+            print(f"wrote {', '.join(sorted(files))} to {out}")
         elif args.command == "tables":
             from analysis.load import completed_runs
             from analysis.tables import write_tables

@@ -13,7 +13,7 @@ from benchmark.registry import unknown_name_error
 # Keys that do not change what a run computes: excluded from its identity (Dora's signature idea).
 NON_SEMANTIC = (
     "experiment", "paths", "device", "progress", "log_every", "checkpoint_every", "num_workers",
-    "launcher", "sweep", "sampling.batch_size", "sampling.save_images",
+    "launcher", "sweep", "sampling.batch_size", "sampling.save_images", "ldet.forward_batch",
 )
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 

@@ -83,6 +83,7 @@ class EvalBatch:
     def __init__(self, cfg, data: ConceptData, encoder: LatentEncoder, tokenizer, scheduler, seed: int,
                  latent_shape: tuple[int, int, int]):
         self.size, self.accumulation = int(cfg["batch_size"]), int(cfg["accumulation"])
+        self.forward_batch = int(cfg.get("forward_batch") or 0)
         self.n = self.size * self.accumulation
         self.fixed = {s: bool(cfg["fixed"][s]) for s in SOURCES}
         self.lo, self.hi = (int(v) for v in cfg["timestep_range"])
@@ -141,22 +142,25 @@ class EvalBatch:
 
     @torch.inference_mode()
     def loss(self, unet, text_encoder, device, autocast) -> dict[str, float]:
-        """L_det (and the interval losses) of the current weights, averaged over the passes."""
+        """L_det (and the interval losses) of the current weights: the mean squared error over all
+        `size x accumulation` items, which equals the mean of the per-pass means. Items go through
+        the models `forward_batch` at a time (a speed knob; the value does not depend on it)."""
         draw = self.next_draw()
         z = self._latents(draw).to(device)
         ids = tokenize(self.tokenizer, draw.captions).to(device)
         noise = draw.noise.to(device, z.dtype)
         columns = {"l_det": draw.timesteps}
         columns.update({f"l_det_{k}": t for k, t in draw.interval_timesteps.items()})
-        totals = {k: 0.0 for k in columns}
+        sums = dict.fromkeys(columns, 0.0)
+        chunk = max(self.size, self.forward_batch)
         with autocast():
-            for a in range(self.accumulation):
-                part = slice(a * self.size, (a + 1) * self.size)
+            for start in range(0, self.n, chunk):
+                part = slice(start, min(self.n, start + chunk))
                 hidden = text_encoder(ids[part])[0]
                 for name, ts in columns.items():
                     t = ts[part].to(device)
                     noisy = self.scheduler.add_noise(z[part], noise[part], t)
                     pred = unet(noisy, t, hidden).sample
                     target = diffusion_target(self.scheduler, z[part], noise[part], t)
-                    totals[name] += F.mse_loss(pred.float(), target.float()).item()
-        return {k: v / self.accumulation for k, v in totals.items()}
+                    sums[name] += F.mse_loss(pred.float(), target.float(), reduction="sum").item()
+        return {k: v / z.numel() for k, v in sums.items()}

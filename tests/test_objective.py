@@ -17,9 +17,9 @@ def trainer(tmp_path_factory):
     return t
 
 
-def eval_batch(trainer, fixed: dict, size=4, accumulation=1, seed=7, intervals=False):
+def eval_batch(trainer, fixed: dict, size=4, accumulation=1, seed=7, intervals=False, forward_batch=0):
     cfg = {"batch_size": size, "accumulation": accumulation, "fixed": fixed, "timestep_range": [0, 1000],
-           "intervals": intervals}
+           "intervals": intervals, "forward_batch": forward_batch}
     return EvalBatch(cfg, trainer.data, trainer.encoder, trainer.backbone.tokenizer, trainer.noise_scheduler,
                      seed, trainer.latent_shape)
 
@@ -60,11 +60,20 @@ def test_fixed_batch_gives_the_same_loss_twice(trainer):
 
 @pytest.mark.parametrize("k, b", [(2, 4), (4, 2), (8, 1)])
 def test_accumulated_passes_equal_one_big_pass(trainer, k, b):
+    """k passes of batch b (one model call per pass, as the official code) equal one pass of k*b."""
     fixed = dict.fromkeys(SOURCES, True)
     args = (trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device, trainer.autocast)
     small = eval_batch(trainer, fixed, size=b, accumulation=k).loss(*args)["l_det"]
     big = eval_batch(trainer, fixed, size=k * b, accumulation=1).loss(*args)["l_det"]
     assert small == pytest.approx(big, rel=1e-5)
+
+
+def test_forward_batch_is_only_a_speed_knob(trainer):
+    fixed = dict.fromkeys(SOURCES, True)
+    args = (trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device, trainer.autocast)
+    one_at_a_time = eval_batch(trainer, fixed, size=1, accumulation=16).loss(*args)["l_det"]
+    grouped = eval_batch(trainer, fixed, size=1, accumulation=16, forward_batch=8).loss(*args)["l_det"]
+    assert grouped == pytest.approx(one_at_a_time, rel=1e-5)
 
 
 def test_interval_losses_use_their_own_timesteps(trainer):
