@@ -56,7 +56,7 @@ class ConceptData:
 
     def __init__(self, images: list[Image.Image], resolution: int, subject: str, *, center_crop: bool,
                  flip_p: float, random_rescale: bool, captions: str, instance_prompt: str | None,
-                 latent_factor: int):
+                 latent_factor: int, image_captions: list[str] | None = None):
         self.resolution = resolution
         self.subject = subject
         self.flip_p = flip_p
@@ -64,6 +64,8 @@ class ConceptData:
         self.caption_mode = captions
         self.instance_prompt = instance_prompt
         self.latent_factor = latent_factor
+        # Concepts that come with their own captions (captions.txt) train on them, image by image.
+        self.image_captions = [c.format(subject) for c in image_captions] if image_captions else None
         if random_rescale:
             # Keep enough pixels for the largest zoom (1.4 R); Custom Diffusion squashes to a square.
             big = int(1.4 * resolution) + 2
@@ -82,13 +84,15 @@ class ConceptData:
     def __len__(self) -> int:
         return len(self.pixels)
 
-    def caption(self, g: torch.Generator) -> str:
+    def caption(self, g: torch.Generator, index: int | None = None) -> str:
+        if self.image_captions:
+            return self.image_captions[index if index is not None else _randint(g, 0, len(self) - 1)]
         if self.caption_mode == "templates":
             return _choice(g, OBJECT_TEMPLATES).format(self.subject)
         return self.instance_prompt.format(subject=self.subject)
 
     def example(self, index: int, flip: bool, g: torch.Generator) -> tuple[torch.Tensor, str, torch.Tensor | None]:
-        caption = self.caption(g)
+        caption = self.caption(g, index)
         if not self.random_rescale:
             pixels = self.pixels[index]
             return (pixels.flip(-1) if flip else pixels), caption, None

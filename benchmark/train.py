@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from benchmark import records
 from benchmark.backbone import load_backbone
 from benchmark.class_images import class_images
-from benchmark.concepts.images import load_concept_images
+from benchmark.concepts.images import concept_captions, load_concept_images
 from benchmark.concepts.manifest import concept_folder, get_concept
 from benchmark.config import cache_root, resolve, results_root, run_id, validate
 from benchmark.data import ClassData, ConceptData
@@ -122,6 +122,7 @@ class Trainer:
         # Decode every image now: a bad file fails the run here, before any model is loaded.
         folder = concept_folder(cfg["concept"], Path(cfg["paths"]["data"]))
         self.references = [im for _, im in load_concept_images(folder)]
+        self.image_captions = concept_captions(folder, len(self.references))
 
         backbone = load_backbone(cfg["model"], cache_root(cfg), share=self.share_models)
         for module in (backbone.vae, backbone.text_encoder, backbone.unet):
@@ -148,6 +149,7 @@ class Trainer:
             center_crop=method_cfg["center_crop"], flip_p=float(method_cfg["flip_p"]),
             random_rescale=method_cfg["random_rescale"], captions=method_cfg["captions"],
             instance_prompt=method_cfg.get("instance_prompt"), latent_factor=backbone.vae_scale,
+            image_captions=self.image_captions,
         )
         self.encoder = LatentEncoder(backbone.vae, self.data, self.device, self.weight_dtype)
         from diffusers import DDPMScheduler
@@ -172,12 +174,15 @@ class Trainer:
         self.criterion = self.strategy.make_criterion()
 
         n_train = int(cfg["sampling"]["n_train_prompts"])
-        templates = [TRAIN_EVAL_TEMPLATES[i % len(TRAIN_EVAL_TEMPLATES)] for i in range(n_train)]
+        own = self.image_captions  # a concept with its own captions is evaluated on them
+        templates = [(own or TRAIN_EVAL_TEMPLATES)[i % len(own or TRAIN_EVAL_TEMPLATES)] for i in range(n_train)]
         self.train_prompts = [t.format(self.method.subject) for t in templates]
         per_prompt = int(cfg["sampling"]["images_per_val_prompt"])
         val = [p.format(self.method.subject) for p in self.concept.val_prompts]
         self.val_prompts = [p for _ in range(per_prompt) for p in val]
         self.val_groups = [i for _ in range(per_prompt) for i in range(len(val))]
+        # Loaded here, not at the first evaluation, so that evaluation times hold no loading.
+        self.metric_models = get_metric_models(cfg["metrics"], cache_root(cfg), self.device)
         self.setup_s = time.perf_counter() - t0
 
     def _make_sampler(self) -> Sampler:
@@ -243,7 +248,7 @@ class Trainer:
         self._sync()
         t1 = time.perf_counter()
         n_train = len(self.train_prompts)
-        models = get_metric_models(self.cfg["metrics"], cache_root(self.cfg), self.device)
+        models = self.metric_models
         mode, noun = self.cfg["metrics"]["text_subject"], self.concept.class_noun
         texts = [text_for_clip(p, self.method.placeholder, noun, mode) for p in self.train_prompts + self.val_prompts]
         scores = score(models, self.references, images[:n_train], texts[:n_train], images[n_train:],

@@ -70,3 +70,27 @@ def test_tiny_image_is_named(tmp_path):
 def test_unknown_concept_suggests(tmp_path):
     with pytest.raises(ConfigError, match="Did you mean: duck_toy"):
         attempt(tmp_path / "results", tmp_path / "data", concept="duck_tyo")
+
+
+def test_concept_captions_file(tmp_path):
+    """A concept may bring its own captions (one per image, "{}" for the concept): training and the
+    train-prompt evaluation use them instead of the generic templates."""
+    from benchmark.train import Trainer
+
+    folder = concept_dir(tmp_path / "data")
+    lines = [f"a toy number {i} like {{}} on a table" for i in range(4)]
+    (folder / "captions.txt").write_text("\n".join(lines) + "\n")
+    cfg = tiny_run_config("textual_inversion", "few_iters", tmp_path / "r", "concept=duck_toy", f"paths.data={tmp_path / 'data'}")
+    trainer = Trainer(cfg, share_models=True)
+    trainer.setup()
+    expected = [line.format("<duck_toy>") for line in lines]
+    assert trainer.data.image_captions == expected
+    assert trainer.train_prompts == expected[: len(trainer.train_prompts)]
+    import torch
+
+    batch = trainer.data.sample(torch.Generator().manual_seed(0), 6)
+    assert batch.captions == [expected[int(i)] for i in batch.image_index], "each image keeps its caption"
+
+    (folder / "captions.txt").write_text("only one {}\n")
+    with pytest.raises(ConfigError, match=r"captions\.txt: needs one caption per image \(4\)"):
+        Trainer(cfg, share_models=True).setup()

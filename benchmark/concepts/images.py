@@ -71,3 +71,16 @@ def load_concept_images(folder: Path) -> list[tuple[Path, Image.Image]]:
             "Fetch the concept again or point paths.data at the right folder."
         )
     return [(p, decode_image(p)) for p in files]
+
+
+def concept_captions(folder: Path, n_images: int) -> list[str] | None:
+    """Per-image caption templates from `captions.txt` ("{}" marks the subject; one line per image in
+    sorted file order), or None when the concept has none."""
+    f = Path(folder) / "captions.txt"
+    if not f.exists():
+        return None
+    lines = [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    if len(lines) != n_images or not all("{}" in line for line in lines):
+        raise ConfigError(f"{f}: needs one caption per image ({n_images}), each with {{}} where the concept "
+                          f"goes; found {len(lines)} lines.")
+    return lines
