@@ -3,6 +3,7 @@
     python -m analysis report --experiment smoke                  # everything, into results/analysis/smoke/
     python -m analysis tables --experiment table1
     python -m analysis ablation --experiment ablation_timesteps   # Fig. 5 grid, Table 4, trend-to-noise
+    python -m analysis strided --experiment traces --every 2 5 10     # strided vs every-step DVAR
     python -m analysis replay --experiment traces --criterion dvar --grid window=100,200,310 threshold=0.1,0.15
 """
 
@@ -32,16 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("report", "tables, figures, report.md and report.html"), ("tables", "Tables 1 and 3 only"),
                         ("ablation", "evaluation-batch and timestep ablations: L_det grid, Table 4, trend-to-noise"),
+                        ("strided", "DVAR with L_det every k steps vs every step, replayed on full-length traces"),
                         ("replay", "evaluate a stopping criterion on logged full-length traces")):
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--experiment", required=True)
         s.add_argument("--results", type=Path, default=Path("results"))
         s.add_argument("--out", type=Path, help="default: <results>/analysis/<experiment>")
+        if name in ("replay", "strided"):
+            s.add_argument("--strategy", default="baseline", help="which runs hold the traces (default: baseline)")
+        if name == "strided":
+            s.add_argument("--every", type=int, nargs="+", default=[2, 5, 10])
+            s.add_argument("--window", type=int, help="DVAR N (default: each run's method.protocol.dvar.window)")
+            s.add_argument("--threshold", type=float, help="DVAR alpha (default: each run's method.protocol)")
         if name == "replay":
             s.add_argument("--criterion", required=True, choices=["dvar", "clip_s", "ema", "hall", "trend", "fixed"])
             s.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                            help="hyperparameter values, e.g. window=100,310 threshold=0.1,0.15 (one value: a single replay)")
-            s.add_argument("--strategy", default="baseline", help="which runs hold the traces (default: baseline)")
             s.add_argument("--tuning-fraction", type=float, default=0.5)
             s.add_argument("--target", type=float, default=0.9, help="quality retained the choice must reach")
             s.add_argument("--seed", type=int, default=0, help="seed of the tuning / held-out concept split")
@@ -69,6 +76,29 @@ def main(argv: list[str] | None = None) -> int:
             print((out / "table1.md").read_text())
             print((out / "table3.md").read_text())
             print(f"wrote {', '.join(sorted(files))} to {out}")
+        elif args.command == "strided":
+            import json
+
+            from analysis.load import completed_runs, evals_of, steps_of
+            from analysis.replay import strided_summary, strided_vs_every_step, traces
+
+            runs = completed_runs(args.results, args.experiment)
+            runs = runs[runs.strategy == args.strategy]
+            if runs.empty:
+                raise ConfigError(f"no completed {args.strategy} runs in experiment {args.experiment}")
+            ts = traces(runs, steps_of(args.results, args.experiment, runs.run_id),
+                        evals_of(args.results, args.experiment, runs.run_id))
+            params = {}
+            for r in runs.itertuples():
+                dvar = json.loads(r.config_json)["method"]["protocol"]["dvar"]
+                params[r.run_id] = {"window": args.window or dvar["window"], "threshold": args.threshold or dvar["threshold"]}
+            rows = strided_vs_every_step(ts, params, args.every)
+            out.mkdir(parents=True, exist_ok=True)
+            rows.to_csv(out / "strided_dvar.csv", index=False)
+            summary = strided_summary(rows)
+            summary.to_csv(out / "strided_dvar_summary.csv", index=False, float_format="%.4g")
+            print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            print(f"\nper trace: {out / 'strided_dvar.csv'}")
         else:
             from analysis.load import completed_runs, evals_of, steps_of
             from analysis.replay import grid_search, traces

@@ -159,3 +159,31 @@ def grid_search(ts: list[Trace], criterion: str, grid: dict[str, list], tuning_f
     chosen = ok.tuning_speedup.idxmax() if len(ok) else out.tuning_retained.idxmax()
     out["chosen"] = out.index == chosen
     return out
+
+
+def strided_vs_every_step(ts: list[Trace], params_by_run: dict[str, dict], strides: list[int]) -> pd.DataFrame:
+    """DVAR with L_det every k steps (the window still counted in steps) against every-step DVAR,
+    replayed on the same traces: one row per trace and stride."""
+    rows = []
+    for t in ts:
+        p = params_by_run[t.run_id]
+        base = replay(t, "dvar", {**p, "every": 1})
+        for k in strides:
+            r = replay(t, "dvar", {**p, "every": k})
+            rows.append({"method": t.method, "concept": t.concept, "seed": t.seed, "every": k,
+                         "window": p["window"], "threshold": p["threshold"], "stop_every_step": base["stop_step"],
+                         "stop_strided": r["stop_step"], "fired": base["stopped"] and r["stopped"],
+                         "diff": r["stop_step"] - base["stop_step"],
+                         "rel_diff": (r["stop_step"] - base["stop_step"]) / base["stop_step"]})
+    return pd.DataFrame(rows)
+
+
+def strided_summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Distribution of the stop-step differences per method and stride."""
+    g = rows.groupby(["method", "every"])
+    return pd.DataFrame({
+        "traces": g.size(), "both_fired": g.fired.sum(),
+        "median_abs_diff_steps": g["diff"].apply(lambda d: d.abs().median()),
+        "mean_rel_diff": g.rel_diff.mean(), "max_abs_rel_diff": g.rel_diff.apply(lambda d: d.abs().max()),
+        "within_1pct": g.rel_diff.apply(lambda d: (d.abs() <= 0.01).mean()),
+    }).reset_index()

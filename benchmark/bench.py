@@ -1,14 +1,20 @@
-"""`python -m benchmark.bench`: per method, the cost of L_det monitoring, measured in one process.
+"""`python -m benchmark.bench`: what monitoring and the harness cost, measured in one process.
 
-For each method it builds the real run (tiny backbone by default; any override works, e.g.
-`model=sd15 metrics=real` on a GPU machine), then alternates blocks of plain training updates with
-blocks of updates followed by an L_det evaluation, and prints the median times and their ratio.
-Alternating blocks keeps slow drifts of a noisy machine out of the ratio.
+Per method: the time of a training update without L_det, with L_det after every update, and with
+L_det every k updates (the strided DVAR variant), and their ratios. Then the step-cost levers the
+harness uses, each timed on and off, and the harness overhead of a smoke run (setup, records,
+checkpoints) as a share of its wall time. `--peers DIR` also times the diffusers training examples
+(textual_inversion.py, train_dreambooth_lora.py, fetched by you into DIR) on the same tiny pipeline.
+
+Timings alternate blocks of the variants being compared, so slow drifts of a noisy machine stay
+out of the ratios; medians are printed. Defaults: the tiny backbone on this machine's device; any
+override works (e.g. `model=sd15` on a GPU machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -40,7 +46,7 @@ def timed(trainer, fn) -> float:
     return time.perf_counter() - t0
 
 
-def measure(method: str, overrides: list[str], steps: int, blocks: int, warmup: int) -> dict:
+def trainer_for(method: str, overrides: list[str]):
     from benchmark.train import Trainer
 
     extra = ["method.prior.num_class_images=4"] if method == "custom_diffusion" else []
@@ -48,37 +54,150 @@ def measure(method: str, overrides: list[str], steps: int, blocks: int, warmup: 
                    *extra, *overrides])
     trainer = Trainer(cfg, share_models=True)
     trainer.setup()
-    for _ in range(warmup):
+    return trainer
+
+
+def monitoring_cost(method: str, overrides: list[str], steps: int, blocks: int, every: int) -> dict:
+    trainer = trainer_for(method, overrides)
+    for _ in range(3):
         trainer.train_update()
         trainer.ldet()
-    plain, monitored = [], []
+
+    def strided():
+        for i in range(every):
+            trainer.train_update()
+        trainer.ldet()
+
+    plain, monitored, sparse = [], [], []
     for _ in range(blocks):
         plain += [timed(trainer, trainer.train_update) for _ in range(steps)]
         monitored += [timed(trainer, lambda: (trainer.train_update(), trainer.ldet())) for _ in range(steps)]
-    return {"method": method, "plain_ms": 1e3 * statistics.median(plain),
-            "monitored_ms": 1e3 * statistics.median(monitored), "device": device_name(trainer.device),
-            "batch": cfg["train_batch_size"], "ldet_batch": cfg["ldet"]["batch_size"],
-            "resolution": cfg["model"]["resolution"], "model": cfg["model"]["name"]}
+        sparse += [timed(trainer, strided) / every for _ in range(max(1, steps // every))]
+    return {"plain": statistics.median(plain), "every": statistics.median(monitored),
+            "strided": statistics.median(sparse), "trainer": trainer}
+
+
+def alternate(a, b, rounds: int) -> tuple[float, float]:
+    """Median seconds of two callables, timed alternately."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a()
+        ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b()
+        tb.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def levers(trainer, overrides: list[str], rounds: int) -> list[tuple[str, float, float]]:
+    """(lever, seconds without, seconds with) for the levers that can be switched off here."""
+    from benchmark.backbone import load_backbone
+    from benchmark.config import cache_root
+    from benchmark.objective import EvalBatch
+
+    out = []
+    cache = trainer.encoder.cache
+
+    def uncached():
+        trainer.encoder.cache = None
+        trainer.train_update()
+        trainer.encoder.cache = cache
+
+    out.append(("cached VAE encodings (per update)", *alternate(uncached, trainer.train_update, rounds)))
+
+    sampler = trainer._make_sampler()
+    prompts = trainer.train_prompts + trainer.val_prompts
+    one = dict(sampler.cfg, batch_size=1)
+    many = dict(sampler.cfg, batch_size=len(prompts))
+
+    def sample_with(cfg):
+        def go():
+            sampler.cfg = cfg
+            sampler.generate(prompts)
+        return go
+
+    out.append((f"batched sampling ({len(prompts)} images per evaluation)",
+                *alternate(sample_with(one), sample_with(many), max(2, rounds // 4))))
+    sampler.cfg = trainer.cfg["sampling"]
+
+    def big_eval(forward_batch):
+        cfg = dict(trainer.cfg["ldet"], batch_size=8, accumulation=16, forward_batch=forward_batch)
+        batch = EvalBatch(cfg, trainer.data, trainer.encoder, trainer.backbone.tokenizer, trainer.noise_scheduler,
+                          0, trainer.latent_shape)
+        return lambda: batch.loss(trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device,
+                                  trainer.autocast)
+
+    out.append(("grouped passes for L_det at 8 x 16 (forward_batch 32)",
+                *alternate(big_eval(0), big_eval(32), max(2, rounds // 4))))
+
+    model_cfg = trainer.cfg["model"]
+    fresh = lambda: load_backbone(model_cfg, cache_root(trainer.cfg))  # noqa: E731
+    shared = lambda: load_backbone(model_cfg, cache_root(trainer.cfg), share=True)  # noqa: E731
+    out.append(("one backbone load shared by a sweep's runs (per run)", *alternate(fresh, shared, 3)))
+    return out
+
+
+def harness_overhead(overrides: list[str], tmp: str) -> dict:
+    """The Textual Inversion runs of the smoke experiment, models already loaded (as in a sweep):
+    which share of their wall time is not training, L_det or evaluation."""
+    from benchmark.sweep.plan import expand, load_experiment
+    from benchmark.train import run
+
+    jobs = [j for j in expand(load_experiment("smoke"), [f"paths.results={tmp}", *overrides], {"method": ["textual_inversion"]})
+            if j.cfg is not None]
+    warm = copy.deepcopy(jobs[0].cfg)
+    run(dict(warm, paths=dict(warm["paths"], results=f"{tmp}/warm"), progress=False), share_models=True)
+    totals = dict.fromkeys(("wall", "work", "setup", "loop_other"), 0.0)
+    for job in jobs:
+        t0 = time.perf_counter()
+        row = run(dict(job.cfg, progress=False), share_models=True)
+        totals["wall"] += time.perf_counter() - t0
+        totals["work"] += row["train_s"] + row["ldet_s"] + row["sampling_s"] + row["final_eval_s"]
+        totals["setup"] += row["setup_s"]
+        totals["loop_other"] += row["total_s"] - row["train_s"] - row["ldet_s"] - row["sampling_s"]
+    return {**totals, "runs": len(jobs), "rest": totals["wall"] - totals["work"] - totals["setup"]}
 
 
 def main(argv: list[str] | None = None) -> None:
+    import tempfile
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=tiny ldet.batch_size=8")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--steps", type=int, default=10, help="updates per timed block")
+    parser.add_argument("--steps", type=int, default=20, help="updates per timed block")
     parser.add_argument("--blocks", type=int, default=3, help="alternating blocks per variant")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--every", type=int, default=10, help="k of the strided variant (L_det every k updates)")
+    parser.add_argument("--peers", help="folder holding the diffusers example scripts to time beside ours")
+    parser.add_argument("--peer-steps", type=int, nargs=2, default=(20, 220), metavar=("N1", "N2"))
     args = parser.parse_args(argv)
     v = versions()
-    print(f"machine: {device_name(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}; "
-          f"torch {v['torch']}, diffusers {v['diffusers']}, python {v['python']}")
-    print(f"settings: {' '.join(args.overrides) or '(defaults: model=tiny)'}; {args.blocks} x {args.steps} "
-          f"updates per variant, medians")
-    print(f"{'method':<20}{'no L_det ms':>12}{'L_det/step ms':>15}{'ratio':>8}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"machine: {device_name(device)}; torch {v['torch']}, diffusers {v['diffusers']}, "
+          f"transformers {v['transformers']}, peft {v['peft']}, python {v['python']}")
+    print(f"settings: {' '.join(args.overrides) or '(defaults: model=tiny, 64 px)'}; train batch, L_det batch "
+          f"and precision from conf/run.yaml; {args.blocks} alternating blocks of {args.steps} updates, medians\n")
+    print(f"{'L_det monitoring':<20}{'none ms':>9}{'every step':>12}{'ratio':>7}{f'every {args.every}':>11}{'ratio':>7}")
+    trainer = None
     for method in args.methods:
-        r = measure(method, args.overrides, args.steps, args.blocks, args.warmup)
-        print(f"{method:<20}{r['plain_ms']:>12.1f}{r['monitored_ms']:>15.1f}{r['monitored_ms'] / r['plain_ms']:>8.2f}"
-              f"   ({r['model']}, {r['resolution']} px, batch {r['batch']}, L_det batch {r['ldet_batch']})")
+        r = monitoring_cost(method, args.overrides, args.steps, args.blocks, args.every)
+        trainer = trainer or r["trainer"]
+        print(f"{method:<20}{1e3 * r['plain']:>9.1f}{1e3 * r['every']:>12.1f}{r['every'] / r['plain']:>7.2f}"
+              f"{1e3 * r['strided']:>11.1f}{r['strided'] / r['plain']:>7.2f}")
+    print(f"\n{'lever (textual_inversion)':<56}{'without':>10}{'with':>10}{'speed-up':>10}")
+    for name, without, with_ in levers(trainer, args.overrides, 2 * args.steps):
+        print(f"{name:<56}{1e3 * without:>8.1f}ms{1e3 * with_:>8.1f}ms{without / with_:>9.2f}x")
+    with tempfile.TemporaryDirectory() as tmp:
+        h = harness_overhead(args.overrides, tmp)
+    print(f"\nharness overhead of the smoke experiment's {h['runs']} TI runs (models loaded): wall {h['wall']:.2f} s, of which "
+          f"training + L_det + evaluation {h['work']:.2f} s, setup {h['setup']:.2f} s, records and "
+          f"checkpoints in the loop {h['loop_other']:.3f} s, other {h['rest']:.2f} s -> overhead "
+          f"{100 * (h['wall'] - h['work']) / h['wall']:.1f} % (setup {100 * h['setup'] / h['wall']:.1f} %, "
+          f"loop bookkeeping {100 * h['loop_other'] / h['wall']:.1f} %)")
+    if args.peers:
+        from benchmark.peers import compare
+
+        compare(args.peers, args.overrides, args.peer_steps)
 
 
 if __name__ == "__main__":

@@ -166,3 +166,16 @@ def test_analysis_imports_no_torch():
     code = ("import sys, analysis.cli, analysis.report, analysis.replay, analysis.tables, analysis.figures;"
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT).returncode == 0
+
+
+def test_strided_dvar_against_every_step(live):
+    from analysis.replay import strided_summary, strided_vs_every_step
+
+    results, _ = live
+    trace = baseline_trace(results)
+    rows = strided_vs_every_step([trace], {trace.run_id: {"window": 6, "threshold": 0.5}}, [1, 2, 3])
+    assert list(rows.every) == [1, 2, 3]
+    assert rows.loc[rows.every == 1, "diff"].iloc[0] == 0, "stride 1 is every-step DVAR"
+    assert (rows.stop_strided % rows.every == 0).all(), "strided DVAR decides only at evaluated steps"
+    summary = strided_summary(rows)
+    assert summary.loc[summary.every == 1, "within_1pct"].iloc[0] == 1.0
