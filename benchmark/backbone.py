@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.checksums import verify_shipped
 from benchmark.errors import ConfigError
 
 SD_SCHEDULER = dict(
@@ -116,7 +117,12 @@ def build_tiny(tiny_cfg: dict, folder: Path, resolution: int) -> Path:
 def resolve_pretrained(model_cfg, cache_dir: Path) -> tuple[str, str]:
     """(path or hub id, identity) for a model config; builds and caches the tiny model."""
     if model_cfg.get("pretrained"):
+        from benchmark.provenance import project_path
+
         source = str(model_cfg["pretrained"])
+        if project_path(source).is_dir():
+            source = str(project_path(source))
+            verify_shipped(Path(source), "Rebuild them with `python -m benchmark.toy.pretrain` or restore them with git.")
         if source.startswith((".", "/", "~")) and not Path(source).expanduser().is_dir():
             raise ConfigError(
                 f"model.pretrained: folder {source} does not exist. Give a diffusers Stable Diffusion "
@@ -152,7 +158,13 @@ def load_backbone(model_cfg, cache_dir: Path, share: bool = False) -> Backbone:
     kw = dict(revision=model_cfg.get("revision"), local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     weights_kw = dict(kw, variant=model_cfg.get("variant"))
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+        if Path(source).is_dir() and not (Path(source) / "tokenizer").is_dir():
+            # A checkpoint shipped without its 3.5 MB tokenizer files (the toy model): CLIP's own BPE.
+            from benchmark.tokenizer import build_clip_tokenizer
+
+            tokenizer = build_clip_tokenizer(cache_dir / "clip_bpe_tokenizer")
+        else:
+            tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **weights_kw)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **weights_kw)
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights_kw)

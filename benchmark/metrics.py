@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from benchmark.checksums import verify_shipped
 from benchmark.errors import ConfigError
 
 
@@ -49,22 +50,33 @@ class MetricModels:
         import open_clip
         import timm
 
+        from benchmark.provenance import project_path
+
         self.cfg, self.device = cfg, device
         clip_cfg, dino_cfg, lpips_cfg = cfg["clip"], cfg["dino"], cfg["lpips"]
+        if clip_cfg.get("config_file"):
+            clip_cfg = {**clip_cfg, "config": json.loads(project_path(clip_cfg["config_file"]).read_text())}
         if clip_cfg.get("config"):
             folder = Path(cache_dir).expanduser() / "open_clip_configs"
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{clip_cfg['arch']}.json").write_text(json.dumps(clip_cfg["config"]))
             open_clip.add_model_config(folder)
+        clip_weights = clip_cfg.get("pretrained")
+        if clip_weights and project_path(clip_weights).exists():
+            clip_weights = str(project_path(clip_weights))
+            verify_shipped(Path(clip_weights), "Rebuild them with `python -m benchmark.toy.pretrain` or restore them with git.")
+        dino_kwargs = dict(dino_cfg.get("kwargs") or {})
+        if dino_cfg.get("checkpoint"):  # local weights through timm's own loading path
+            dino_kwargs["pretrained_cfg_overlay"] = {"file": str(project_path(dino_cfg["checkpoint"]))}
         # Random-weight twins are initialised from a fixed seed, without touching the global RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.get("seed", 0)))
             try:
-                with _quiet_root_logger(not clip_cfg.get("pretrained")):  # "No pretrained weights loaded"
+                with _quiet_root_logger(not clip_weights):  # "No pretrained weights loaded"
                     self.clip, _, self.clip_preprocess = open_clip.create_model_and_transforms(
-                        clip_cfg["arch"], pretrained=clip_cfg.get("pretrained"))
+                        clip_cfg["arch"], pretrained=clip_weights)
                 self.dino = timm.create_model(dino_cfg["arch"], pretrained=bool(dino_cfg["pretrained"]),
-                                              num_classes=0, **dict(dino_cfg.get("kwargs") or {}))
+                                              num_classes=0, **dino_kwargs)
             except RuntimeError as err:
                 raise ConfigError(
                     f"metrics: could not load the metric weights ({err}). Offline machines need the weights "

@@ -15,6 +15,13 @@ PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "open_cl
             "numpy", "pandas", "pyarrow", "hydra-core", "submitit")
 
 
+def project_path(path: str | Path) -> Path:
+    """A path as given, or relative to the project root when it does not exist as given
+    (so shipped files such as benchmark/toy/weights resolve from any working directory)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() or not (PROJECT_ROOT / p).exists() else PROJECT_ROOT / p
+
+
 @lru_cache(maxsize=1)
 def git_state() -> tuple[str, bool]:
     """(commit sha, dirty) of the project checkout; ("unknown", False) outside git."""

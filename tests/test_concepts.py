@@ -16,7 +16,8 @@ from PIL import Image
 from benchmark.concepts.fetch import fetch, pinned_checksums
 from benchmark.concepts.images import decode_image
 from benchmark.concepts.manifest import SOURCES, get_concept, load_manifest
-from benchmark.concepts.validate import sha256, validate_folder
+from benchmark.checksums import sha256
+from benchmark.concepts.validate import validate_folder
 from benchmark.errors import ConfigError
 from tests.helpers import PROJECT_ROOT, SHARED_DREAMBOOTH
 

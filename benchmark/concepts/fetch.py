@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark.concepts.manifest import CONCEPTS_DIR, Concept
-from benchmark.concepts.validate import sha256
+from benchmark.checksums import sha256
 from benchmark.errors import ConfigError
 
 DREAMBOOTH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"

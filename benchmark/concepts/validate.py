@@ -8,12 +8,12 @@ checksum. Nothing is modified.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+from benchmark.checksums import sha256  # noqa: F401  (re-exported for fetch and tests)
 from benchmark.concepts.images import IMAGE_SUFFIXES, decode_image, image_files
 from benchmark.errors import ConfigError
 
@@ -48,14 +48,6 @@ class ConceptReport:
         if self.count("error") or self.problems:
             return "broken"
         return "ok"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def describe_conversion(path: Path) -> str:

@@ -77,8 +77,10 @@ class Method:
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
         """Add the concept token (all methods), then the method's own trainable parts."""
+        # null in the config: the concept's own initializer from the manifest (e.g. its class noun)
+        initializer = self.cfg["initializer_token"] or self.concept.initializer_token
         self.tokens = add_placeholder_token(self.backbone.tokenizer, self.backbone.text_encoder,
-                                            self.placeholder, self.cfg["initializer_token"])
+                                            self.placeholder, initializer)
         self.trainables["token"] = self.tokens.rows
         self.setup_extra()
         for p in self.trainables.values():
