@@ -146,8 +146,9 @@ def run_local(exp, jobs, env, composer, args) -> int:
             path = record_derivation(env["results"], exp["name"], derived)
             print("Few-iters steps derived from CLIP-s: " + ", ".join(
                 f"{m} mean {d['mean']} max {d['max']}" for m, d in derived.items()) + f" (recorded in {path})")
-    print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
-    return 1 if failures else 0
+    final = statuses(jobs, env["results"], exp["name"])
+    print_status(exp, jobs, final, env["results"])
+    return 1 if failures or "failed" in final else 0  # earlier failures leave the experiment incomplete too
 
 
 def run_slurm(exp, jobs, env, args) -> int:
