@@ -14,6 +14,7 @@ from benchmark.registry import unknown_name_error
 NON_SEMANTIC = (
     "experiment", "paths", "device", "progress", "log_every", "checkpoint_every", "num_workers",
     "launcher", "sweep", "sampling.batch_size", "sampling.save_images", "ldet.forward_batch",
+    "model.sampler",  # only the default of sampling.scheduler, which is hashed
 )
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 

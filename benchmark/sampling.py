@@ -7,9 +7,12 @@ chunked into pipeline calls.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from PIL import Image
 
+from benchmark.errors import ConfigError
 from benchmark.registry import unknown_name_error
 
 SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler"}
@@ -20,7 +23,12 @@ def make_scheduler(name: str, config: dict):
 
     if name not in SCHEDULERS:
         raise unknown_name_error("sampling scheduler", name, SCHEDULERS, key="sampling.scheduler")
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+    cls = getattr(diffusers, SCHEDULERS[name])
+    if config.get("rescale_betas_zero_snr") and "rescale_betas_zero_snr" not in inspect.signature(cls).parameters:
+        # It would silently sample with SD's original betas, not the ones the model was trained on.
+        raise ConfigError(f"sampling.scheduler={name}: {cls.__name__} cannot use this model's zero-terminal-SNR "
+                          "noise schedule; set sampling.scheduler=ddim (or dpm).")
+    return cls.from_config(config)
 
 
 class Sampler:
