@@ -11,7 +11,7 @@ from benchmark.toy import world
 
 @torch.no_grad()
 def prompt_following(pipe, clip, preprocess, clip_tokenizer, seed: int, n: int = 64, distractors: int = 4,
-                     steps: int = 25, guidance: float = 4.0) -> dict:
+                     steps: int = 25, guidance: float = 2.0) -> dict:
     """Share of generated images for which the toy CLIP picks the prompt among `distractors` captions
     of other random scenes (chance: 1 / (distractors + 1))."""
     rng = np.random.default_rng(seed)

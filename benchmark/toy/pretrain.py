@@ -3,8 +3,8 @@
 Trains, in order, from seeded synthetic data (benchmark/toy/world.py):
 1. a VAE (diffusers AutoencoderKL, x4: 32 px images -> 4 x 8 x 8 latents),
 2. a text encoder (transformers CLIPTextModel, the real CLIP BPE tokenizer) jointly with a UNet
-   (diffusers UNet2DConditionModel) on the diffusion loss, captions dropped 10 % of the time so
-   classifier-free guidance works,
+   (diffusers UNet2DConditionModel) on the diffusion loss (v-prediction, zero-terminal-SNR betas:
+   see TOY_SCHEDULER), captions dropped 10 % of the time so classifier-free guidance works,
 3. the metric models: an open_clip image/text pair trained contrastively (toy CLIP img / txt) and
    a timm ViT trained to recognise the scene attributes (the DINO stand-in).
 
@@ -35,7 +35,7 @@ FULL = {
     "seed": 0, "resolution": 32, "n_images": 30000,
     "vae": {"channels": [16, 32, 32], "groups": 8, "steps": 800, "batch": 32, "lr": 2e-3, "kl": 1e-6},
     "text": {"hidden": 32, "layers": 2, "heads": 4, "intermediate": 64},
-    "unet": {"channels": [32, 64], "layers_per_block": 1, "head_dim": 4, "steps": 4000, "batch": 32, "lr": 1e-3,
+    "unet": {"channels": [32, 64], "layers_per_block": 1, "head_dim": 4, "steps": 6000, "batch": 32, "lr": 1e-3,
              "uncond": 0.1},
     "clip": {"steps": 2000, "batch": 128, "lr": 1e-3,
              "model": {"embed_dim": 64,
@@ -44,6 +44,16 @@ FULL = {
     "features": {"steps": 1200, "batch": 128, "lr": 1e-3, "arch": "vit_tiny_patch16_224",
                  "kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 3, "num_heads": 2}},
 }
+# Stable Diffusion's betas rescaled to zero terminal SNR, with v-prediction (Lin et al. 2024, "Common
+# Diffusion Noise Schedules and Sample Steps are Flawed"). With SD v1.5's own schedule, 7 % of the
+# latent survives at t=999; the toy images are mostly flat background, so the UNet learned to read
+# the background colour from that leak instead of the caption, and samples from pure noise got
+# random colours (prompt following at chance). Sampled with DDIM, trailing timesteps.
+TOY_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, steps_offset=1, clip_sample=False, prediction_type="v_prediction",
+    rescale_betas_zero_snr=True, timestep_spacing="trailing",
+)
 SCALES = {  # steps per part and number of images, for scales other than full
     "quick": ({"vae": 150, "unet": 300, "clip": 150, "features": 100}, 4000),
     "smoke": ({"vae": 2, "unet": 2, "clip": 2, "features": 2}, 64),  # checks the procedure, not the model
@@ -97,17 +107,34 @@ def train_vae(pixels: torch.Tensor, cfg: dict, g: torch.Generator):
         if i % 100 == 0 or i == c["steps"] - 1:
             log(f"vae step {i} recon {F.mse_loss(recon, x).item():.4f}")
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        sample = vae.encode(pixels[:1024]).latent_dist.mean
-    vae.register_to_config(scaling_factor=float(1.0 / sample.std()))
+    standardize_latents(vae, pixels[:2048])
     return vae
 
 
+@torch.no_grad()
+def standardize_latents(vae, pixels: torch.Tensor) -> None:
+    """Fold a per-channel shift and scale into the VAE's 1x1 quant convolutions so its latents
+    have mean 0 and std 1 per channel; reconstructions do not change. Stable Diffusion pipelines
+    only divide by `scaling_factor`, and sampling starts from zero-mean noise, so an offset latent
+    mean would bias every sample (the toy VAE's channel means are near +-0.8 otherwise)."""
+    mean = vae.encode(pixels).latent_dist.mean
+    mu, sigma = mean.mean((0, 2, 3)), mean.std((0, 2, 3))
+    c = len(mu)
+    q = vae.quant_conv  # moments = q(h): the first c channels are the posterior mean, then log-variances
+    q.weight[:c] /= sigma[:, None, None, None]
+    q.bias[:c] = (q.bias[:c] - mu) / sigma
+    q.bias[c:] -= 2 * torch.log(sigma)  # the log-variance scales with sigma^2
+    p = vae.post_quant_conv  # decoder input z_old = sigma * z_new + mu
+    p.bias += (p.weight[:, :, 0, 0] @ mu)
+    p.weight *= sigma[None, :, None, None]
+    vae.register_to_config(scaling_factor=1.0)
+
+
 def train_denoiser(pixels: torch.Tensor, captions: list[str], vae, tokenizer, cfg: dict, g: torch.Generator):
-    from diffusers import DDPMScheduler, PNDMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from benchmark.backbone import SD_SCHEDULER
+    from benchmark.objective import diffusion_target
 
     t, u = cfg["text"], cfg["unet"]
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -122,7 +149,7 @@ def train_denoiser(pixels: torch.Tensor, captions: list[str], vae, tokenizer, cf
         down_block_types=("CrossAttnDownBlock2D",) * len(u["channels"]),
         up_block_types=("CrossAttnUpBlock2D",) * len(u["channels"]), cross_attention_dim=t["hidden"],
         attention_head_dim=u["head_dim"], norm_num_groups=32)
-    scheduler = DDPMScheduler.from_config(PNDMScheduler(**SD_SCHEDULER).config)
+    scheduler = DDPMScheduler.from_config(DDIMScheduler(**TOY_SCHEDULER).config)
     with torch.no_grad():
         dist = [vae.encode(chunk).latent_dist for chunk in pixels.split(512)]
         mean, std = torch.cat([d.mean for d in dist]), torch.cat([d.std for d in dist])
@@ -140,7 +167,7 @@ def train_denoiser(pixels: torch.Tensor, captions: list[str], vae, tokenizer, cf
         batch_ids = ids[idx].clone()
         batch_ids[torch.rand(len(idx), generator=g) < u["uncond"]] = empty[0]
         pred = unet(scheduler.add_noise(z, noise, ts), ts, text_encoder(batch_ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
+        loss = F.mse_loss(pred, diffusion_target(scheduler, z, noise, ts))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -203,10 +230,9 @@ def train_features(images: np.ndarray, scenes: list[world.Scene], cfg: dict, g: 
 
 def pretrain(out: Path, scale: str = "full", seed: int = 0) -> dict:
     """Train everything into `out` (written atomically); returns the report."""
-    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from safetensors.torch import save_file
 
-    from benchmark.backbone import SD_SCHEDULER
     from benchmark.tokenizer import build_clip_tokenizer
     from benchmark.toy.checks import prompt_following
 
@@ -222,10 +248,9 @@ def pretrain(out: Path, scale: str = "full", seed: int = 0) -> dict:
     pixels = to_pixels(images)
     times["data_s"] = time.perf_counter() - t0
     tokenizer = build_clip_tokenizer(tmp / "_bpe")
-    for name, fn in (("vae", lambda: train_vae(pixels, cfg, g)),):
-        t = time.perf_counter()
-        vae = fn()
-        times[f"{name}_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    vae = train_vae(pixels, cfg, g)
+    times["vae_s"] = time.perf_counter() - t
     t = time.perf_counter()
     text_encoder, unet = train_denoiser(pixels, captions, vae, tokenizer, cfg, g)
     times["unet_s"] = time.perf_counter() - t
@@ -237,13 +262,14 @@ def pretrain(out: Path, scale: str = "full", seed: int = 0) -> dict:
     times["features_s"] = time.perf_counter() - t
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None,
+                                   scheduler=DDIMScheduler(**TOY_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(tmp / "pipeline")
     shutil.rmtree(tmp / "pipeline" / "tokenizer")  # rebuilt from open_clip's vocabulary when loaded
     shutil.rmtree(tmp / "_bpe")
     torch.save(clip.state_dict(), tmp / "clip.pt")
     save_file({k: v.contiguous() for k, v in features.state_dict().items()}, str(tmp / "features.safetensors"))
+    pipe.set_progress_bar_config(disable=True)
     checks = prompt_following(pipe, clip, preprocess, clip_tokenizer, seed=seed + 1, n=64 if scale != "smoke" else 4,
                               steps=25 if scale != "smoke" else 2)
     report = {"scale": scale, "seed": seed, "config": cfg, "times": times,
