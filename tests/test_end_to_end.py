@@ -3,6 +3,7 @@
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from benchmark import records
 from benchmark.backbone import load_backbone
@@ -85,3 +86,16 @@ def test_saved_weights_reload_into_a_plain_pipeline(method, results):
     base = Sampler(load_backbone(cfg["model"], cache_root(cfg)), cfg["sampling"], trainer.device, trainer.autocast)
     untrained = np.asarray(base.generate([prompt])[0], dtype=np.int16)
     assert np.abs(untrained - live).max() > 0, "the trained weights change the samples"
+
+
+def test_custom_diffusion_without_random_rescale_weighs_every_pixel(results):
+    """No rescale, no mask: the instance loss is the masked loss with a mask of ones (found by the
+    toy sweep, which turns random rescale off)."""
+    trainer = Trainer(tiny_run_config("custom_diffusion", "few_iters", results, "strategy.steps=2",
+                                      "method.random_rescale=false"), share_models=True)
+    row = trainer.fit()
+    assert row["status"] == "completed" and trainer.data.sample(trainer.generator, 2).mask is None
+    pred, target = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    ones = torch.ones(2, 1, 8, 8)
+    assert trainer.method.loss(pred, target, None, 2) == trainer.method.loss(pred, target, ones, 2)
+    assert trainer.method.loss(pred, target, None, 2) != trainer.method.loss(pred, target, ones.tril(), 2)

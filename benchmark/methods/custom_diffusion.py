@@ -64,7 +64,8 @@ class CustomDiffusion(Method):
         (a 1-channel mask against 4 latent channels), the prior term is a plain mean."""
         pred, target = pred.float(), target.float()
         err = (pred[:n_instance] - target[:n_instance]) ** 2
-        m = mask.to(err.dtype)
+        # Without random rescale there is no mask: the whole image counts, on the same scale.
+        m = mask.to(err.dtype) if mask is not None else torch.ones_like(err[:, :1])
         instance = ((err * m).sum([1, 2, 3]) / m.sum([1, 2, 3])).mean()
         prior = torch.nn.functional.mse_loss(pred[n_instance:], target[n_instance:])
         return instance + float(self.cfg["prior"]["weight"]) * prior
