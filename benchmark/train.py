@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -475,6 +476,8 @@ def run(cfg, share_models: bool = False, force: bool = False) -> dict:
     except ConfigError:
         raise
     except Exception as err:
+        # The traceback goes to the run's own log, which `sweep status` points to for failed runs.
+        handler.stream.write(traceback.format_exc())
         record_failure(trainer, err)
         raise
     finally:

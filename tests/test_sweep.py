@@ -1,6 +1,7 @@
 """Sweeps on this machine: phases, derived Few-iters, skip-done, rerun of deleted or failed runs."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,10 @@ def test_failed_runs_are_listed_and_rerun_on_demand(tmp_path, capsys):
     assert sweep(args) == 1
     out = capsys.readouterr().out
     assert "1 done, 1 failed" in out and "failed runs" in out and "no_such_layer" in out and "log.txt" in out
+    log_file = Path(re.search(r"log: (\S+log\.txt)", out).group(1))
+    assert "Traceback" in log_file.read_text() and "no_such_layer" in log_file.read_text()
     failed = stamps(results)
-    assert sweep(args) == 0, "without --rerun-failed nothing runs"
+    assert sweep(args) == 1, "without --rerun-failed nothing runs, and the experiment is still incomplete"
     assert stamps(results) == failed
     assert sweep([*args, "--rerun-failed"]) == 1
     changed = [p for p, t in stamps(results).items() if failed[p] != t]
