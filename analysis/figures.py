@@ -45,9 +45,9 @@ def run_panel(run: pd.Series, steps: pd.DataFrame, evals: pd.DataFrame, path: Pa
             ax.plot(d.step, smooth(d[col]), color="k", lw=1.2)
         else:
             ax.plot(d.step, d[col], color="k", lw=1.2, marker="o" if col == "train_clip_img" else None, ms=3)
-        ax.axvline(run.iterations, color="#c44e52", ls="--", lw=1, label=f"stop {run.iterations}")
+        ax.axvline(run.iterations, color="#c44e52", ls="--", lw=1, label=f"stop {run.iterations:.0f}")
         if run.reported_step != run.iterations:
-            ax.axvline(run.reported_step, color="#4c72b0", ls=":", lw=1, label=f"reported {run.reported_step}")
+            ax.axvline(run.reported_step, color="#4c72b0", ls=":", lw=1, label=f"reported {run.reported_step:.0f}")
         ax.set_title(title)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)

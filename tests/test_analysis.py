@@ -1,5 +1,6 @@
 """Tables from known records (golden), replay = live stop steps, the report from the smoke sweep."""
 
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -160,6 +161,8 @@ def test_report_from_the_smoke_experiment(smoke):
     report = (out / "report.md").read_text()
     assert "15 completed runs" in report and "Few-iters step counts" in report
     assert report.count("| Textual Inversion |") >= 5
+    assert "## The claims, measured" in report and "Trend-to-noise ratio over 3 Baseline runs" in report
+    assert re.search(r"\| Textual Inversion \| Baseline \| \d+ \| 1\.00x \| 100\.0 % \| \+0\.000 \| \+0\.000 \|", report)
 
 
 def test_analysis_imports_no_torch():
