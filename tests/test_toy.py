@@ -2,9 +2,7 @@
 and Textual Inversion that learns a held-out object."""
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from benchmark.checksums import verify_sums
