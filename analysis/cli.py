@@ -27,6 +27,19 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
+def logged_traces(args):
+    """(runs, traces) of the experiment's completed runs of `--strategy`, the input of replays."""
+    from analysis.load import completed_runs, evals_of, steps_of
+    from analysis.replay import traces
+
+    runs = completed_runs(args.results, args.experiment)
+    runs = runs[runs.strategy == args.strategy]
+    if runs.empty:
+        raise ConfigError(f"no completed {args.strategy} runs in experiment {args.experiment}")
+    return runs, traces(runs, steps_of(args.results, args.experiment, runs.run_id),
+                        evals_of(args.results, args.experiment, runs.run_id))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,15 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "strided":
             import json
 
-            from analysis.load import completed_runs, evals_of, steps_of
-            from analysis.replay import strided_summary, strided_vs_every_step, traces
+            from analysis.replay import strided_summary, strided_vs_every_step
 
-            runs = completed_runs(args.results, args.experiment)
-            runs = runs[runs.strategy == args.strategy]
-            if runs.empty:
-                raise ConfigError(f"no completed {args.strategy} runs in experiment {args.experiment}")
-            ts = traces(runs, steps_of(args.results, args.experiment, runs.run_id),
-                        evals_of(args.results, args.experiment, runs.run_id))
+            runs, ts = logged_traces(args)
             params = {}
             for r in runs.itertuples():
                 dvar = json.loads(r.config_json)["method"]["protocol"]["dvar"]
@@ -100,15 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             print(f"\nper trace: {out / 'strided_dvar.csv'}")
         else:
-            from analysis.load import completed_runs, evals_of, steps_of
-            from analysis.replay import grid_search, traces
+            from analysis.replay import grid_search
 
-            runs = completed_runs(args.results, args.experiment)
-            runs = runs[runs.strategy == args.strategy]
-            if runs.empty:
-                raise ConfigError(f"no completed {args.strategy} runs in experiment {args.experiment}")
-            ts = traces(runs, steps_of(args.results, args.experiment, runs.run_id),
-                        evals_of(args.results, args.experiment, runs.run_id))
+            _, ts = logged_traces(args)
             table = grid_search(ts, args.criterion, parse_grid(args.grid), args.tuning_fraction, args.seed, args.target)
             out.mkdir(parents=True, exist_ok=True)
             path = out / f"replay_{args.criterion}.csv"

@@ -122,7 +122,7 @@ def resolve_pretrained(model_cfg, cache_dir: Path) -> tuple[str, str]:
         source = str(model_cfg["pretrained"])
         if project_path(source).is_dir():
             source = str(project_path(source))
-            verify_shipped(Path(source), "Rebuild them with `python -m benchmark.toy.pretrain` or restore them with git.")
+            verify_shipped(Path(source))
         if source.startswith((".", "/", "~")) and not Path(source).expanduser().is_dir():
             raise ConfigError(
                 f"model.pretrained: folder {source} does not exist. Give a diffusers Stable Diffusion "

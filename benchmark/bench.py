@@ -64,7 +64,7 @@ def monitoring_cost(method: str, overrides: list[str], steps: int, blocks: int, 
         trainer.ldet()
 
     def strided():
-        for i in range(every):
+        for _ in range(every):
             trainer.train_update()
         trainer.ldet()
 

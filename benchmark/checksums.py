@@ -39,9 +39,14 @@ def verify_sums(folder: Path, fix: str) -> None:
         raise ConfigError(f"{folder}: {', '.join(bad)} missing or changed (SHA-256 differs from {SUMS}). {fix}")
 
 
-def verify_shipped(path: Path, fix: str) -> None:
-    """Check the SHA256SUMS of the folder that ships `path`, if there is one (once per process)."""
-    for folder in (path if path.is_dir() else path.parent, path.parent if path.is_dir() else path.parent.parent):
+SHIPPED_FIX = "Rebuild them with `python -m benchmark.toy.pretrain` or restore them with git."
+
+
+def verify_shipped(path: Path, fix: str = SHIPPED_FIX) -> None:
+    """Check the SHA256SUMS of the folder that ships `path` (its own folder or the one above), if
+    there is one; once per process."""
+    start = path if path.is_dir() else path.parent
+    for folder in (start, start.parent):
         if (folder / SUMS).exists():
             verify_sums(folder.resolve(), fix)
             return

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from benchmark.concepts.images import decode_image, image_files
+from benchmark.concepts.images import decode_image, image_files, read_captions
 from benchmark.errors import ConfigError
 
 CLASS_SEED = 2023  # seeds of class image i: CLASS_SEED + i
@@ -30,14 +30,7 @@ def user_class_images(folder: Path, class_prompt: str) -> tuple[list[Image.Image
     files = image_files(folder)
     if not files:
         raise ConfigError(f"method.prior.class_images_dir: {folder} holds no images.")
-    captions_file = folder / "captions.txt"
-    captions = [class_prompt] * len(files)
-    if captions_file.exists():
-        lines = [line.strip() for line in captions_file.read_text().splitlines() if line.strip()]
-        if len(lines) != len(files):
-            raise ConfigError(f"{captions_file}: {len(lines)} captions for {len(files)} images; "
-                              "give one caption per image, in sorted file-name order.")
-        captions = lines
+    captions = read_captions(folder, len(files)) or [class_prompt] * len(files)
     return [decode_image(p) for p in files], captions
 
 

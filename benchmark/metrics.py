@@ -64,7 +64,7 @@ class MetricModels:
         clip_weights = clip_cfg.get("pretrained")
         if clip_weights and project_path(clip_weights).exists():
             clip_weights = str(project_path(clip_weights))
-            verify_shipped(Path(clip_weights), "Rebuild them with `python -m benchmark.toy.pretrain` or restore them with git.")
+            verify_shipped(Path(clip_weights))
         dino_kwargs = dict(dino_cfg.get("kwargs") or {})
         if dino_cfg.get("checkpoint"):  # local weights through timm's own loading path
             dino_kwargs["pretrained_cfg_overlay"] = {"file": str(project_path(dino_cfg["checkpoint"]))}

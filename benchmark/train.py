@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from benchmark import records
 from benchmark.backbone import load_backbone
 from benchmark.class_images import class_images
-from benchmark.concepts.images import concept_captions, load_concept_images
+from benchmark.concepts.images import load_concept_images, read_captions
 from benchmark.concepts.manifest import concept_folder, get_concept
 from benchmark.config import cache_root, resolve, results_root, run_id, validate
 from benchmark.data import ClassData, ConceptData
@@ -123,7 +123,7 @@ class Trainer:
         # Decode every image now: a bad file fails the run here, before any model is loaded.
         folder = concept_folder(cfg["concept"], Path(cfg["paths"]["data"]))
         self.references = [im for _, im in load_concept_images(folder)]
-        self.image_captions = concept_captions(folder, len(self.references))
+        self.image_captions = read_captions(folder, len(self.references), with_subject=True)
 
         backbone = load_backbone(cfg["model"], cache_root(cfg), share=self.share_models)
         for module in (backbone.vae, backbone.text_encoder, backbone.unet):
@@ -175,8 +175,8 @@ class Trainer:
         self.criterion = self.strategy.make_criterion()
 
         n_train = int(cfg["sampling"]["n_train_prompts"])
-        own = self.image_captions  # a concept with its own captions is evaluated on them
-        templates = [(own or TRAIN_EVAL_TEMPLATES)[i % len(own or TRAIN_EVAL_TEMPLATES)] for i in range(n_train)]
+        source = self.image_captions or TRAIN_EVAL_TEMPLATES  # a concept's own captions, when it has them
+        templates = [source[i % len(source)] for i in range(n_train)]
         self.train_prompts = [t.format(self.method.subject) for t in templates]
         per_prompt = int(cfg["sampling"]["images_per_val_prompt"])
         val = [p.format(self.method.subject) for p in self.concept.val_prompts]

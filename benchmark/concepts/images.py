@@ -73,14 +73,15 @@ def load_concept_images(folder: Path) -> list[tuple[Path, Image.Image]]:
     return [(p, decode_image(p)) for p in files]
 
 
-def concept_captions(folder: Path, n_images: int) -> list[str] | None:
-    """Per-image caption templates from `captions.txt` ("{}" marks the subject; one line per image in
-    sorted file order), or None when the concept has none."""
+def read_captions(folder: Path, n_images: int, with_subject: bool = False) -> list[str] | None:
+    """The lines of `folder/captions.txt`, one per image in sorted file order, or None without the
+    file. `with_subject`: each line is a template with "{}" where the concept goes."""
     f = Path(folder) / "captions.txt"
     if not f.exists():
         return None
     lines = [line.strip() for line in f.read_text().splitlines() if line.strip()]
-    if len(lines) != n_images or not all("{}" in line for line in lines):
-        raise ConfigError(f"{f}: needs one caption per image ({n_images}), each with {{}} where the concept "
-                          f"goes; found {len(lines)} lines.")
+    if len(lines) != n_images or (with_subject and not all("{}" in line for line in lines)):
+        subject = ', each with {} where the concept goes' if with_subject else ''
+        raise ConfigError(f"{f}: needs one caption per image ({n_images}), in sorted file-name order{subject}; "
+                          f"found {len(lines)} captions for {n_images} images.")
     return lines

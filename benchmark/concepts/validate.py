@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmark.checksums import sha256  # noqa: F401  (re-exported for fetch and tests)
+from benchmark.checksums import sha256
 from benchmark.concepts.images import IMAGE_SUFFIXES, decode_image, image_files
 from benchmark.errors import ConfigError
 
