@@ -1,9 +1,9 @@
 """The Stable Diffusion components a run trains and samples with.
 
 `model.pretrained` names a hub id or a local folder in the diffusers layout (SD v1.5 by default).
-`model=tiny` builds an SD-shaped backbone from config, saves it in that same layout under the cache
-and then loads it through the very same code path, so the tiny and the real runs differ only in
-config.
+`model.build` (model=tiny, model=sd15_twin) builds an SD-shaped backbone with random weights from
+its component configs, saves it in that same layout under the cache and then loads it through the
+very same code path, so the tiny, the real-shape twin and the real runs differ only in config.
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ def _versions_key() -> str:
     return f"torch{torch.__version__}-diffusers{diffusers.__version__}-transformers{transformers.__version__}"
 
 
-def tiny_identity(tiny_cfg: dict) -> str:
-    blob = json.dumps({"tiny": tiny_cfg, "versions": _versions_key()}, sort_keys=True)
-    return "tiny-" + hashlib.sha1(blob.encode()).hexdigest()[:10]
+def build_identity(build_cfg: dict) -> str:
+    blob = json.dumps({"build": build_cfg, "versions": _versions_key()}, sort_keys=True)
+    return "built-" + hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
 def quiet_libraries() -> None:
@@ -63,8 +63,10 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def build_tiny(tiny_cfg: dict, folder: Path, resolution: int) -> Path:
-    """Build the tiny SD-shaped pipeline deterministically from `tiny_cfg` and save it to `folder`."""
+def build_pipeline(build_cfg: dict, folder: Path, resolution: int) -> Path:
+    """Build an SD-shaped pipeline with random weights, deterministically from `build_cfg` (the
+    component configs, as in a checkpoint's config.json files), and save it to `folder` in the
+    diffusers layout. The tiny backbone and the real-shape twin of SD v1.5 are both built here."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -74,31 +76,21 @@ def build_tiny(tiny_cfg: dict, folder: Path, resolution: int) -> Path:
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = build_clip_tokenizer(tmp / "_bpe")
-    vae_channels = list(tiny_cfg["vae_channels"])
+    text_cfg = {"vocab_size": len(tokenizer), "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                **build_cfg["text_encoder"]}
+    vae_cfg = dict(build_cfg["vae"])
+    n_vae = len(vae_cfg["block_out_channels"])
+    vae_cfg = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": resolution,
+               "down_block_types": ["DownEncoderBlock2D"] * n_vae, "up_block_types": ["UpDecoderBlock2D"] * n_vae,
+               **vae_cfg}
+    unet_cfg = {"in_channels": 4, "out_channels": 4, "sample_size": resolution // 2 ** (n_vae - 1),
+                "cross_attention_dim": text_cfg["hidden_size"], **build_cfg["unet"]}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(tiny_cfg["seed"]))
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=tiny_cfg["text_hidden"],
-            intermediate_size=tiny_cfg["text_intermediate"], num_attention_heads=tiny_cfg["text_heads"],
-            num_hidden_layers=tiny_cfg["text_layers"], max_position_embeddings=77,
-            projection_dim=tiny_cfg["text_hidden"], bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        ))
-        vae = AutoencoderKL(
-            block_out_channels=vae_channels, in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
-            up_block_types=["UpDecoderBlock2D"] * len(vae_channels), norm_num_groups=32,
-            sample_size=resolution,
-        )
-        unet_channels = tuple(tiny_cfg["unet_channels"])
-        unet = UNet2DConditionModel(
-            block_out_channels=unet_channels, layers_per_block=tiny_cfg["layers_per_block"],
-            sample_size=resolution // 2 ** (len(vae_channels) - 1), in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(unet_channels) - 1),
-            up_block_types=("CrossAttnUpBlock2D",) * (len(unet_channels) - 1) + ("UpBlock2D",),
-            cross_attention_dim=tiny_cfg["text_hidden"], attention_head_dim=tiny_cfg["attention_head_dim"],
-            norm_num_groups=32,
-        )
+        torch.manual_seed(int(build_cfg["seed"]))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+        vae = AutoencoderKL(**vae_cfg)
+        unet = UNet2DConditionModel(**unet_cfg)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=PNDMScheduler(**SD_SCHEDULER), safety_checker=None, feature_extractor=None,
@@ -106,7 +98,7 @@ def build_tiny(tiny_cfg: dict, folder: Path, resolution: int) -> Path:
     )
     pipe.save_pretrained(tmp)
     shutil.rmtree(tmp / "_bpe")
-    (tmp / "tiny_config.json").write_text(json.dumps(tiny_cfg, indent=1, sort_keys=True))
+    (tmp / "build_config.json").write_text(json.dumps(build_cfg, indent=1, sort_keys=True))
     try:
         os.replace(tmp, folder)  # atomic: a killed build never leaves a half-written model behind
     except OSError:  # another process finished the same build first; theirs is identical
@@ -114,8 +106,14 @@ def build_tiny(tiny_cfg: dict, folder: Path, resolution: int) -> Path:
     return folder
 
 
+def built_folder(model_cfg, cache_dir: Path) -> tuple[Path, str]:
+    """(folder, identity) of a model built from `model.build`, whether built yet or not."""
+    ident = build_identity(dict(model_cfg["build"]))
+    return Path(cache_dir).expanduser() / "models" / f"{ident}-{model_cfg['resolution']}px", ident
+
+
 def resolve_pretrained(model_cfg, cache_dir: Path) -> tuple[str, str]:
-    """(path or hub id, identity) for a model config; builds and caches the tiny model."""
+    """(path or hub id, identity) for a model config; builds and caches a `model.build` model."""
     if model_cfg.get("pretrained"):
         from benchmark.provenance import project_path
 
@@ -130,14 +128,12 @@ def resolve_pretrained(model_cfg, cache_dir: Path) -> tuple[str, str]:
             )
         ident = f"{source}@{model_cfg.get('revision') or 'main'}"
         return str(Path(source).expanduser()) if Path(source).expanduser().is_dir() else source, ident
-    if not model_cfg.get("tiny"):
-        raise ConfigError("model: set either model.pretrained (hub id or folder) or model.tiny (build config).")
-    tiny_cfg = dict(model_cfg["tiny"])
-    ident = tiny_identity(tiny_cfg)
-    folder = cache_dir / "models" / f"{ident}-{model_cfg['resolution']}px"
+    if not model_cfg.get("build"):
+        raise ConfigError("model: set either model.pretrained (hub id or folder) or model.build (component configs).")
+    folder, ident = built_folder(model_cfg, cache_dir)
     if not (folder / "model_index.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        build_tiny(tiny_cfg, folder, int(model_cfg["resolution"]))
+        build_pipeline(dict(model_cfg["build"]), folder, int(model_cfg["resolution"]))
     return str(folder), ident
 
 

@@ -39,7 +39,7 @@ RUNS = _schema("runs", [
     ("concept", s, "concept name from concepts/manifest.csv"),
     ("seed", i64, "run seed (training stream; the eval batch uses seed + ldet.seed_offset)"),
     ("model", s, "model config name (tiny, sd15, ...)"),
-    ("model_identity", s, "hub id@revision or tiny build hash of the base weights"),
+    ("model_identity", s, "hub id@revision, or built-<hash> for a model built from config (tiny, sd15_twin)"),
     ("status", s, "completed | failed"),
     ("iterations", i64, "optimizer updates the run performed (its cost; Table 1 'Iterations')"),
     ("reported_step", i64, "updates behind the reported weights (best checkpoint for baseline/clip_s)"),

@@ -25,7 +25,7 @@ def test_tiny_is_deterministic_from_its_seed(tmp_path):
     a = load_backbone(cfg, tmp_path / "a")
     b = load_backbone(cfg, tmp_path / "b")
     assert state_hash(a.unet) == state_hash(b.unet) and state_hash(a.text_encoder) == state_hash(b.text_encoder)
-    other = load_backbone({**cfg, "tiny": {**cfg["tiny"], "seed": 1}}, tmp_path / "a")
+    other = load_backbone({**cfg, "build": {**cfg["build"], "seed": 1}}, tmp_path / "a")
     assert state_hash(other.unet) != state_hash(a.unet)
     assert len(list((tmp_path / "a" / "models").iterdir())) == 2, "one cached folder per build config"
 
