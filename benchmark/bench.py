@@ -17,25 +17,14 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
+from benchmark.config import compose
 from benchmark.provenance import device_name, versions
 
 METHODS = ("textual_inversion", "dreambooth_lora", "custom_diffusion")
-
-
-def compose(overrides: list[str]) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from benchmark.config import resolve
-    from benchmark.run import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return resolve(hydra_compose(config_name="run", overrides=overrides))
 
 
 def timed(trainer, fn) -> float:
@@ -170,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=10, help="k of the strided variant (L_det every k updates)")
     parser.add_argument("--peers", help="folder holding the diffusers example scripts to time beside ours")
     parser.add_argument("--peer-steps", type=int, nargs=2, default=(20, 220), metavar=("N1", "N2"))
+    parser.add_argument("--record", type=Path, metavar="FILE",
+                        help="measure the timing profile the preflight prices sweeps with (ms per update, per L_det "
+                             "pass, per evaluation image, peak memory), write it to FILE, print the forecasts")
     args = parser.parse_args(argv)
     v = versions()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -177,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
           f"transformers {v['transformers']}, peft {v['peft']}, python {v['python']}")
     print(f"settings: {' '.join(args.overrides) or '(defaults: model=tiny, 64 px)'}; train batch, L_det batch "
           f"and precision from conf/run.yaml; {args.blocks} alternating blocks of {args.steps} updates, medians\n")
+    if args.record:
+        return record(args)
     print(f"{'L_det monitoring':<20}{'none ms':>9}{'every step':>12}{'ratio':>7}{f'every {args.every}':>11}{'ratio':>7}")
     trainer = None
     for method in args.methods:
@@ -198,6 +192,32 @@ def main(argv: list[str] | None = None) -> None:
         from benchmark.peers import compare
 
         compare(args.peers, args.overrides, args.peer_steps)
+
+
+def record(args) -> None:
+    """Measure the timing profile per method, write it, and price the paper's experiments with it."""
+    from benchmark import timing_profile
+    from benchmark.preflight.preflight import Preflight, estimate, format_estimate
+    from benchmark.sweep.plan import expand, load_experiment
+
+    print(f"{'method':<20}{'update ms':>10}{'+L_det ms':>10}{'ratio':>7}{f'every {args.every}':>9}{'ratio':>7}"
+          f"{'eval s':>8}{'image s@50':>11}{'peak GB':>9}")
+    results = {}
+    for method in args.methods:
+        r = results[method] = timing_profile.measure(method, args.overrides, args.steps, args.blocks, args.every)
+        peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
+        print(f"{method:<20}{1e3 * r['update_s']:>10.1f}{1e3 * r['every_s']:>10.1f}{r['every_s'] / r['update_s']:>7.2f}"
+              f"{1e3 * r['strided_s']:>9.1f}{r['strided_s'] / r['update_s']:>7.2f}{r['eval_s']:>8.1f}"
+              f"{r['image_s']:>11.2f}{peak:>9}")
+    model = next(iter(results.values()))["trainer"].cfg["model"]["name"]
+    timing_profile.write(args.record, results, model, args.overrides)
+    print(f"\nwrote {args.record}")
+    for name in ("table1", "ablation_stochasticity", "ablation_eval_batch", "ablation_timesteps"):
+        jobs = expand(load_experiment(name), [])
+        pf = Preflight()
+        pf.costs, pf.class_images_s, pf.profile = estimate(jobs, {"timing": str(args.record)}, 0)
+        print(f"\nforecast of {name}:")
+        print("\n".join(format_estimate(pf, {}, explain_missing=True)))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from pathlib import Path
 from benchmark.errors import ConfigError
 from benchmark.registry import unknown_name_error
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 # Keys that do not change what a run computes: excluded from its identity (Dora's signature idea).
 NON_SEMANTIC = (
     "experiment", "paths", "device", "progress", "log_every", "checkpoint_every", "num_workers",
@@ -33,6 +35,24 @@ def resolve(cfg) -> dict:
                           f"e.g. `{err.full_key}=...`.") from err
     except InterpolationResolutionError as err:
         raise ConfigError(f"Config value `{getattr(err, 'full_key', '?')}` cannot be resolved: {err}") from err
+
+
+def compose(overrides: list[str]) -> dict:
+    """conf/run.yaml composed with Hydra overrides, resolved to the plain dict a run receives; a bad
+    override is a one-line ConfigError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        try:
+            return resolve(hydra_compose(config_name="run", overrides=list(overrides)))
+        except HydraException as err:
+            first = str(err).splitlines()[0]
+            raise ConfigError(f"bad override: {first} (`python -m benchmark.run --help` lists the groups and keys).") \
+                from err
 
 
 def _drop(cfg: dict, dotted: str) -> None:
@@ -78,8 +98,8 @@ def validate(cfg: dict) -> None:
     strategy = make_strategy(cfg["strategy"], int(cfg["ldet"]["every"]))
     get_concept(cfg["concept"])
     model_name = cfg["model"].get("name")
-    _check(bool(cfg["model"].get("pretrained") or cfg["model"].get("tiny")),
-           f"model '{model_name}': set model.pretrained (hub id or folder) or model.tiny.")
+    _check(bool(cfg["model"].get("pretrained") or cfg["model"].get("build")),
+           f"model '{model_name}': set model.pretrained (hub id or folder) or model.build.")
     res = cfg["model"].get("resolution")
     _check(isinstance(res, int) and res >= 16 and res % 8 == 0,
            f"model.resolution must be a multiple of 8 >= 16 (got {res!r}).")
@@ -89,7 +109,9 @@ def validate(cfg: dict) -> None:
     _check(isinstance(cfg.get("train_batch_size"), int) and cfg["train_batch_size"] >= 1,
            f"train_batch_size must be a positive integer (got {cfg.get('train_batch_size')!r}).")
     method = cfg["method"]
-    _check(float(method["learning_rate"]) > 0, f"method.learning_rate must be > 0 (got {method['learning_rate']}).")
+    lr = method["learning_rate"]
+    _check(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
+           f"method.learning_rate must be a number > 0 (got {lr!r}).")
 
     ldet = cfg["ldet"]
     for key in ("every", "batch_size", "accumulation"):
@@ -112,6 +134,9 @@ def validate(cfg: dict) -> None:
         raise unknown_name_error("sampling scheduler", sampling["scheduler"], SCHEDULERS, key="sampling.scheduler")
     _check(sampling["steps"] >= 1 and sampling["n_train_prompts"] >= 1,
            "sampling.steps and sampling.n_train_prompts must be >= 1.")
+    n_val = sampling.get("n_val_prompts")
+    _check(n_val is None or (isinstance(n_val, int) and not isinstance(n_val, bool) and n_val >= 1),
+           f"sampling.n_val_prompts must be null (all) or a positive integer (got {n_val!r}).")
     _check(sampling.get("save_images") in ("none", "final", "all"),
            f"sampling.save_images must be none, final or all (got {sampling.get('save_images')!r}).")
     metrics = cfg["metrics"]

@@ -53,7 +53,7 @@ def wall(cmd: list[str], cwd: Path) -> float:
 
 
 def compare(peers: str, overrides: list[str], steps: tuple[int, int]) -> None:
-    from benchmark.bench import compose
+    from benchmark.config import compose
 
     cfg = compose(overrides)
     model, _ = resolve_pretrained(cfg["model"], Path(cfg["paths"]["cache"]).expanduser())

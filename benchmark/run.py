@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from benchmark.config import CONF_DIR
 from benchmark.errors import ConfigError
 
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 def setup_logging() -> None:
@@ -24,7 +23,7 @@ def setup_logging() -> None:
         logger.propagate = False
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="run")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")
 def _main(cfg: DictConfig) -> None:
     from benchmark.train import run
 

@@ -179,7 +179,8 @@ class Trainer:
         templates = [source[i % len(source)] for i in range(n_train)]
         self.train_prompts = [t.format(self.method.subject) for t in templates]
         per_prompt = int(cfg["sampling"]["images_per_val_prompt"])
-        val = [p.format(self.method.subject) for p in self.concept.val_prompts]
+        n_val = cfg["sampling"].get("n_val_prompts") or len(self.concept.val_prompts)
+        val = [p.format(self.method.subject) for p in self.concept.val_prompts[:n_val]]
         self.val_prompts = [p for _ in range(per_prompt) for p in val]
         self.val_groups = [i for _ in range(per_prompt) for i in range(len(val))]
         # Loaded here, not at the first evaluation, so that evaluation times hold no loading.

@@ -93,7 +93,7 @@ class Composer:
     def __call__(self, overrides: list[str], concept: str, seed: int) -> dict:
         import copy
 
-        from benchmark.bench import compose
+        from benchmark.config import compose
 
         key = tuple(overrides)
         if key not in self._cache:
