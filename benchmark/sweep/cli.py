@@ -4,10 +4,14 @@
     python -m benchmark.sweep experiment=table1 launcher=slurm --profile slurm/a100.yaml
     python -m benchmark.sweep status experiment=table1              # done / failed / running / pending
     python -m benchmark.sweep experiment=table1 --concepts cat dog --methods textual_inversion
+    python -m benchmark.sweep preflight experiment=table1 launcher=slurm --profile slurm/a100.yaml
     python -m benchmark.sweep list                                  # the committed experiments
 
 Arguments of the form key=value are Hydra overrides for every run (`paths.results=/scratch/res`,
 `launcher.partition=a100`, ...). Completed runs are skipped; failed runs rerun with --rerun-failed.
+Before anything runs or is submitted, the preflight checks configs, images, weights (offline), class
+images, the results folder and the Slurm partition, lists every failure at once, and prices the sweep
+from the launcher's timing profile (`preflight` runs only that).
 """
 
 from __future__ import annotations
@@ -28,15 +32,16 @@ from benchmark.sweep.plan import (Composer, Job, available_experiments, expand, 
 
 log = logging.getLogger("dvar")
 STATES = ("done", "failed", "running", "queued", "pending", "waiting")
+DEFAULT_TIMEOUT_MIN = 180  # launcher.timeout_min=auto without a timing profile for the model
 
 
-COMMANDS = ("run", "status", "list")
+COMMANDS = ("run", "status", "preflight", "list")
 
 
 def parse(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
-    p = argparse.ArgumentParser(prog="python -m benchmark.sweep [run|status|list]", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmark.sweep [run|status|preflight|list]", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="experiment=NAME (required) and Hydra overrides for every run")
     p.add_argument("--profile", type=Path, help="YAML of launcher keys merged over the launcher config "
@@ -74,26 +79,17 @@ def plan(args) -> tuple[dict, list[Job], dict, Composer]:
                        "data": Path(any_cfg["paths"]["data"]).expanduser()}, composer
 
 
-def check_inputs(jobs: list[Job], data: Path) -> None:
-    """Validate every run config and decode every concept's images before anything starts."""
-    from benchmark.concepts.images import load_concept_images
-    from benchmark.concepts.manifest import concept_folder
-    from benchmark.config import validate
+def preflight(jobs: list[Job], env: dict, args) -> bool:
+    """Print the preflight listing and the estimate; whether the sweep may start."""
+    from benchmark.preflight.preflight import format_estimate, format_problems, run_preflight
 
-    problems = []
-    for job in jobs:
-        if job.cfg is not None:
-            try:
-                validate(job.cfg)
-            except ConfigError as err:
-                problems.append(f"{job.name}: {err}")
-    for concept in sorted({j.concept for j in jobs}):
-        try:
-            load_concept_images(concept_folder(concept, data))
-        except ConfigError as err:
-            problems.append(str(err))
-    if problems:
-        raise ConfigError("the sweep cannot start:\n  " + "\n  ".join(dict.fromkeys(problems)))
+    pf = run_preflight(jobs, env, args.overrides)
+    print("\n".join(["preflight:", *pf.lines, *format_estimate(pf, env["launcher"], args.command == "preflight")]))
+    if pf.problems:
+        print("error: " + "\n".join(format_problems(pf)), file=sys.stderr)
+    if env["launcher"].get("timeout_min") in (None, "auto"):
+        env["launcher"]["timeout_min"] = pf.time_limit_min or DEFAULT_TIMEOUT_MIN
+    return pf.ok
 
 
 def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path) -> None:
@@ -200,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
             return 0
-        check_inputs(jobs, env["data"])
+        ok = preflight(jobs, env, args)
+        if args.command == "preflight" or not ok:
+            return 0 if ok else 2
         if env["launcher"].get("name") == "slurm":
             return run_slurm(exp, jobs, env, args)
         return run_local(exp, jobs, env, composer, args)

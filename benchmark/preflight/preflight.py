@@ -1,0 +1,145 @@
+"""Run every check of a sweep on the login node, offline, and price it: one listing of all failures,
+then the GPU-hours per method x strategy and the Slurm time limit each job will request."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark.preflight import checks
+from benchmark.preflight.estimate import (PAPER_NAMES, RunCost, class_image_seconds, load_profile, paper_table1,
+                                          run_cost, time_limit_min)
+
+
+@dataclass
+class Preflight:
+    problems: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)     # what was checked, for the listing
+    costs: list[RunCost] = field(default_factory=list)
+    class_images_s: float = 0.0
+    time_limit_min: int | None = None                   # what each Slurm job requests
+    profile: object = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check(pf: Preflight, label: str, problems: list[str]) -> None:
+    pf.problems += problems
+    pf.lines.append(f"  {'ok  ' if not problems else 'FAIL'}  {label}")
+
+
+def job_configs(jobs) -> list[tuple[object, dict, int | None]]:
+    """(job, config, derived steps) for every job: a derived Few-iters job borrows its CLIP-s
+    sibling's config and, until its CLIP-s runs finish, the paper's step count of the method."""
+    siblings = {(j.method, j.concept, j.seed): j.cfg for j in jobs if j.strategy == "clip_s" and j.cfg}
+    out = []
+    for job in jobs:
+        if job.cfg is not None:
+            out.append((job, job.cfg, None))
+            continue
+        cfg = siblings[(job.method, job.concept, job.seed)]
+        steps = int(cfg["method"]["protocol"]["few_iters"][job.derive])
+        cfg = {**cfg, "strategy": {"name": "few_iters", "label": job.strategy, "steps": steps}}
+        out.append((job, cfg, steps))
+    return out
+
+
+def estimate(jobs, launcher: dict, missing_class_images: int) -> tuple[list[RunCost], float, object]:
+    from benchmark.concepts.manifest import get_concept
+    from benchmark.provenance import project_path
+
+    if not launcher.get("timing"):
+        return [], 0.0, None
+    profile = load_profile(project_path(launcher["timing"]))
+    triples = job_configs(jobs)
+    if not triples or not all(profile.covers(cfg) for _, cfg, _ in triples):
+        return [], 0.0, profile
+    paper = paper_table1()
+    costs = []
+    for job, cfg, derived in triples:
+        costs.append(run_cost(cfg, job.strategy, profile, paper, len(get_concept(job.concept).val_prompts), derived))
+    return costs, class_image_seconds(missing_class_images, triples[0][1]["sampling"]["steps"], profile), profile
+
+
+def run_preflight(jobs, env: dict, overrides: list[str], load_weights: bool = True) -> Preflight:
+    from benchmark.weights.files import required
+
+    pf = Preflight()
+    cfgs = [c for _, c, _ in job_configs(jobs)]
+    _check(pf, f"{len(jobs)} run configs validate", checks.configs(jobs))
+    concepts = sorted({j.concept for j in jobs})
+    _check(pf, f"{len(concepts)} concepts: every image decodes", checks.concepts(jobs, env["data"]))
+    files = required(cfgs)
+    present = checks.weights_present(files, overrides)
+    fetchable = [f for f in files if f.repo or f.url]
+    if not present and load_weights and fetchable:
+        present = checks.weights_load(overrides)
+    label = f"{len(files)} weight files in the cache" + (", every model loads with the network off"
+                                                          if fetchable and load_weights else "")
+    _check(pf, label if files else "no pretrained weights (models built from config)", present)
+    problems, missing_images = checks.class_images(cfgs)
+    _check(pf, "class images: " + (f"{missing_images} to generate" if missing_images else "cached or none needed"),
+           problems)
+    _check(pf, f"results folder {env['results']} is writable", checks.results_folder(env["results"]))
+    try:
+        pf.costs, pf.class_images_s, pf.profile = estimate(jobs, env["launcher"], missing_images)
+    except Exception as err:  # a broken profile is a problem of its own, listed with the rest
+        pf.problems.append(str(err))
+    if pf.costs:
+        pf.time_limit_min = time_limit_min(max(c.worst_s for c in pf.costs))
+    launcher = dict(env["launcher"])
+    if launcher.get("timeout_min") not in (None, "auto"):
+        pf.time_limit_min = int(launcher["timeout_min"])
+    if launcher.get("name") == "slurm":
+        _check(pf, f"Slurm partition {launcher.get('partition') or '(default)'} can hold the jobs",
+               checks.slurm_profile(launcher, pf.time_limit_min))
+    return pf
+
+
+def paper_minutes(paper: dict, method: str, strategy: str, cap: int) -> float | None:
+    """The paper's Table 1 minutes for this cell, where the budget is the paper's (else None)."""
+    m, s = PAPER_NAMES.get(method), PAPER_NAMES.get(strategy)
+    if not m or not s:
+        return None
+    budget = paper.get((m, "Baseline" if strategy in ("baseline", "clip_s", "dvar") else s, "Iterations"))
+    return paper.get((m, s, "Time, min")) if budget == cap else None
+
+
+def format_estimate(pf: Preflight, launcher: dict, explain_missing: bool = False) -> list[str]:
+    if pf.profile is None or (not pf.costs and not explain_missing):
+        return []
+    if not pf.costs:
+        return [f"no estimate: {pf.profile.path} is a profile of {', '.join(pf.profile.models)} on {pf.profile.gpu}, "
+                "not of this sweep's model."]
+    paper = paper_table1()
+    groups: dict[tuple[str, str], list[RunCost]] = defaultdict(list)
+    for c in pf.costs:
+        groups[(c.method, c.strategy)].append(c)
+    out = [f"estimate on {pf.profile.gpu} ({pf.profile.path}):",
+           f"  {'method':<19}{'strategy':<16}{'runs':>5}{'updates':>9}{'min/run':>9}{'GPU-h':>8}{'worst min':>10}"
+           f"{'paper min':>10}"]
+    for (method, strategy), cs in groups.items():
+        n = len(cs)
+        paper_min = paper_minutes(paper, method, strategy, max(c.worst_updates for c in cs))
+        out.append(f"  {method:<19}{strategy:<16}{n:>5}{sum(c.expected_updates for c in cs) / n:>9.0f}"
+                   f"{sum(c.expected_s for c in cs) / n / 60:>9.1f}{sum(c.expected_s for c in cs) / 3600:>8.1f}"
+                   f"{max(c.worst_s for c in cs) / 60:>10.1f}{f'{paper_min:.1f}' if paper_min else '-':>10}")
+    total = sum(c.expected_s for c in pf.costs) / 3600
+    worst = sum(c.worst_s for c in pf.costs) / 3600
+    out.append(f"  total: {len(pf.costs)} runs, {total:.1f} GPU-h expected ({worst:.1f} if every run goes to its cap)"
+               + (f" + {pf.class_images_s / 3600:.1f} GPU-h of class images" if pf.class_images_s else ""))
+    out.append("  'paper min' is the paper's Table 1 time (its protocol's cost, no L_det where a strategy does not use "
+               "it); min/run here is what the GPU spends, L_det and evaluations included.")
+    if pf.time_limit_min:
+        given = launcher.get("timeout_min") not in (None, "auto")
+        out.append(f"  Slurm time limit per job: {pf.time_limit_min} min" + (" (launcher.timeout_min)" if given else
+                   f" (the longest worst case x 1.25 + 10 min; set launcher.timeout_min to choose)"))
+    return out
+
+
+def format_problems(pf: Preflight) -> list[str]:
+    return [f"the sweep cannot start: {len(pf.problems)} problems, nothing was submitted:",
+            *(f"  - {p}" for p in pf.problems)]
