@@ -1,12 +1,13 @@
 # make smoke   the main job on the embedded default (tiny model, bundled concept, offline)
 # make test    the test suite (what CI runs, see .ci/run)
+# make real-shape  every method x strategy at SD v1.5's real shape (512 px, random weights), about an hour on 2 cores
 # Both create .venv and install the pinned stack on first use.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install smoke test bench
+.PHONY: install smoke test bench real-shape
 install: $(VENV)/.installed
 
 # torch and torchvision first, pinned together; everything else under the same constraints.
@@ -25,3 +26,6 @@ test: install
 
 bench: install
 	$(PY) -m benchmark.bench
+
+real-shape: install
+	$(PY) -m benchmark.sweep experiment=real_shape

@@ -97,3 +97,16 @@ def test_preempted_job_requeues_and_resumes(tmp_path):
         b = without_timing(records.read(results, name)).drop(columns=["experiment"])
         pd.testing.assert_frame_equal(a.drop(columns=["experiment"]), b)
     assert runs.iterations.iloc[0] == clean["iterations"] and runs.run_id.iloc[0] == clean["run_id"]
+
+
+def test_preflight_checks_the_partition_before_anything_is_submitted(tmp_path, capsys):
+    args = ["preflight", "experiment=smoke", f"paths.results={tmp_path}", "launcher=slurm", "launcher.partition=debug",
+            "launcher.gpus_per_node=1", "launcher.mem_gb=100000", "launcher.cpus_per_task=1", "launcher.timeout_min=20"]
+    assert sweep(args) == 2
+    err = capsys.readouterr().err
+    assert "partition debug has no GPUs" in err and "launcher.mem_gb=100000 exceeds" in err
+    assert sweep([*args[:-4], "launcher.gpus_per_node=null", "launcher.mem_gb=2", "launcher.cpus_per_task=1",
+                  "launcher.timeout_min=20"]) == 0
+    assert sweep(["preflight", "experiment=smoke", "launcher=slurm", "launcher.partition=nope"]) == 2
+    assert "launcher.partition=nope: no such partition here; sinfo lists debug" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "the preflight writes nothing"
