@@ -1,11 +1,19 @@
-"""Stopping strategies: the step budget, the in-loop evaluation schedule and the criterion.
+"""Stopping strategies: each one object with one name, owning everything that differs between them.
 
-| strategy  | budget           | in-loop CLIP evaluations         | criterion        | reports      |
-|-----------|------------------|----------------------------------|------------------|--------------|
-| baseline  | max_steps        | every eval_every + the last step | none             | best by train CLIP img |
-| clip_s    | max_steps (cap)  | every eval_every                 | ClipS            | best by train CLIP img |
-| few_iters | steps            | none (one final evaluation)      | none             | final        |
-| dvar      | max_steps (cap)  | none (one final evaluation)      | DVAR on L_det    | final        |
+| strategy       | budget            | in-loop CLIP evaluations         | watches        | reports       | time counts            |
+|----------------|-------------------|----------------------------------|----------------|---------------|------------------------|
+| baseline       | max_steps         | every eval_every + the last step | -              | best by train CLIP img | updates, sampling |
+| clip_s         | max_steps (cap)   | every eval_every                 | train CLIP img | best by train CLIP img | updates, sampling |
+| few_iters      | steps             | none (one final evaluation)      | -              | last step     | updates                |
+| few_iters_mean | steps: mean of this sweep's CLIP-s stop steps, per method (derived)  | ...           | updates                |
+| few_iters_max  | steps: max of this sweep's CLIP-s stop steps, per method (derived)   | ...           | updates                |
+| dvar           | max_steps (cap)   | none (one final evaluation)      | L_det          | last step     | updates, L_det         |
+
+The name is the config file (conf/strategy/<name>.yaml), the registry key and the `strategy`
+partition of the records. The training loop calls `after_update` after every update and
+`after_evaluation` after every in-loop evaluation; nothing else dispatches on strategy names or on
+the signal a criterion watches. The criteria themselves are pure state machines (benchmark.stopping),
+shared with the offline replay.
 """
 
 from __future__ import annotations
@@ -26,23 +34,41 @@ def _positive_int(cfg: dict, key: str) -> int:
 
 class Strategy:
     name = ""
-    needs_ldet = False      # the criterion reads L_det
-    reports_best = False    # report the best checkpoint by train CLIP img instead of the last one
+    needs_ldet = False        # its criterion watches L_det (and L_det counts in its time)
+    reports_best = False      # reports the best checkpoint by train CLIP img instead of the last step
+    derive: str | None = None  # "mean" | "max": the budget is derived from this sweep's CLIP-s stop steps
     stop_reason_at_budget = "max_steps"
     budget_key = "max_steps"  # the config key of the step budget
 
-    def __init__(self, cfg: dict, ldet_every: int):
+    def __init__(self, cfg: dict, ldet_every: int = 1):
         self.cfg = cfg
-        self.label = cfg.get("label") or self.name
+        self.ldet_every = ldet_every
         self.max_steps = _positive_int(cfg, self.budget_key)
-        self.eval_every = 0
+        self.criterion = self.make_criterion()  # validates the strategy's keys before any training
 
     def make_criterion(self) -> Criterion:
         return Never()
 
+    @property
+    def evaluates_in_loop(self) -> bool:
+        return False
+
     def eval_due(self, step: int) -> bool:
         """Whether an in-loop evaluation (sampling + metrics) runs after update `step`."""
         return False
+
+    def after_update(self, step: int, values: dict) -> bool:
+        """The step's logged values (l_det, ...); True when the run stops at `step`."""
+        return False
+
+    def after_evaluation(self, step: int, scores: dict) -> bool:
+        """An in-loop evaluation's scores; True when the run stops at `step`."""
+        return False
+
+    def protocol_time(self, train_s: float, ldet_s: float, sampling_s: float) -> float:
+        """Seconds of this strategy's own protocol (Table 1 'Time'): its updates, its in-loop
+        evaluations, and L_det only where its criterion needs it."""
+        return train_s + sampling_s + (ldet_s if self.needs_ldet else 0.0)
 
 
 @STRATEGIES.register("baseline")
@@ -50,9 +76,13 @@ class Baseline(Strategy):
     name = "baseline"
     reports_best = True
 
-    def __init__(self, cfg, ldet_every):
+    def __init__(self, cfg, ldet_every=1):
         super().__init__(cfg, ldet_every)
         self.eval_every = _positive_int(cfg, "eval_every")
+
+    @property
+    def evaluates_in_loop(self) -> bool:
+        return True
 
     def eval_due(self, step):
         return step % self.eval_every == 0 or step == self.max_steps
@@ -63,16 +93,22 @@ class ClipSStrategy(Strategy):
     name = "clip_s"
     reports_best = True
 
-    def __init__(self, cfg, ldet_every):
+    def __init__(self, cfg, ldet_every=1):
         super().__init__(cfg, ldet_every)
         self.eval_every = _positive_int(cfg, "eval_every")
-        self.make_criterion()  # validate patience / eps now, before any training
 
     def make_criterion(self):
         return ClipS(self.cfg["patience"], self.cfg["eps"])
 
+    @property
+    def evaluates_in_loop(self) -> bool:
+        return True
+
     def eval_due(self, step):
         return step % self.eval_every == 0
+
+    def after_evaluation(self, step, scores):
+        return self.criterion.update(step, scores["train_clip_img"])
 
 
 @STRATEGIES.register("few_iters")
@@ -82,19 +118,35 @@ class FewIters(Strategy):
     budget_key = "steps"
 
 
+@STRATEGIES.register("few_iters_mean")
+class FewItersMean(FewIters):
+    name = "few_iters_mean"
+    derive = "mean"
+
+
+@STRATEGIES.register("few_iters_max")
+class FewItersMax(FewIters):
+    name = "few_iters_max"
+    derive = "max"
+
+
 @STRATEGIES.register("dvar")
 class DVARStrategy(Strategy):
     name = "dvar"
     needs_ldet = True
 
-    def __init__(self, cfg, ldet_every):
-        super().__init__(cfg, ldet_every)
-        self.ldet_every = ldet_every
-        self.make_criterion()
-
     def make_criterion(self):
         return DVAR(self.cfg["window"], self.cfg["threshold"], stride=self.ldet_every)
 
+    def after_update(self, step, values):
+        if values.get("l_det") is None:  # a step without an L_det evaluation (ldet.every > 1)
+            return False
+        return self.criterion.update(step, values["l_det"])
 
-def make_strategy(cfg: dict, ldet_every: int) -> Strategy:
+
+def make_strategy(cfg: dict, ldet_every: int = 1) -> Strategy:
     return STRATEGIES.get(cfg["name"])(cfg, ldet_every)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    return STRATEGIES.get(name)
