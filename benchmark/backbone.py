@@ -9,6 +9,7 @@ very same code path, so the tiny, the real-shape twin and the real runs differ o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -138,15 +139,22 @@ def resolve_pretrained(model_cfg, cache_dir: Path) -> tuple[str, str]:
 
 
 _PRISTINE: dict[str, Backbone] = {}
+COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet")
 
 
-def load_backbone(model_cfg, cache_dir: Path, share: bool = False) -> Backbone:
-    """Load the components on CPU in fp32. With `share`, keep a pristine copy in memory and hand out
-    deep copies, so a local sweep loads the weights once (methods modify the modules they get)."""
+def load_backbone(model_cfg, cache_dir: Path, share: bool = False, device=None, dtype=None,
+                  modifies: tuple[str, ...] = COMPONENTS, placeholder: str | None = None) -> Backbone:
+    """Load the components, frozen, on `device` (CPU by default) with their weights in `dtype`
+    (fp32 by default). With `share`, keep a pristine copy per (weights, device, dtype) in memory and
+    hand out a backbone whose `modifies` components are deep copies (a method changes those) and the
+    rest the pristine modules themselves, so a local sweep loads and moves the weights once. The
+    tokenizer, the costliest to copy, is copied once per `placeholder` token a run adds to it."""
+    device = torch.device(device or "cpu")
+    dtype = dtype or torch.float32
     source, ident = resolve_pretrained(model_cfg, cache_dir)
-    key = f"{ident}|{model_cfg.get('variant')}"
+    key = f"{ident}|{model_cfg.get('variant')}|{device}|{dtype}"
     if share and key in _PRISTINE:
-        return copy.deepcopy(_PRISTINE[key])
+        return _handed_out(key, modifies, placeholder)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -174,11 +182,36 @@ def load_backbone(model_cfg, cache_dir: Path, share: bool = False) -> Backbone:
     backbone = Backbone(tokenizer, text_encoder.float(), vae.float(), unet.float(), scheduler_config,
                         ident, int(model_cfg["resolution"]))
     for module in (backbone.text_encoder, backbone.vae, backbone.unet):
-        module.requires_grad_(False).eval()
+        module.requires_grad_(False).eval().to(device)
+        if dtype != torch.float32:
+            module.to(dtype)
     if share:
         _PRISTINE[key] = backbone
-        return copy.deepcopy(backbone)
+        return _handed_out(key, modifies, placeholder)
     return backbone
+
+
+_TOKENIZERS: dict[tuple[str, str], object] = {}  # (pristine key, placeholder) -> tokenizer with that token
+
+
+def _handed_out(key: str, modifies: tuple[str, ...], placeholder: str | None) -> Backbone:
+    pristine = _PRISTINE[key]
+    fresh = {name: copy.deepcopy(getattr(pristine, name), _shared_parts(getattr(pristine, name)))
+             for name in modifies if not (name == "tokenizer" and placeholder)}
+    if placeholder and "tokenizer" in modifies:
+        if (key, placeholder) not in _TOKENIZERS:
+            tokenizer = copy.deepcopy(pristine.tokenizer, _shared_parts(pristine.tokenizer))
+            tokenizer.add_tokens(placeholder)
+            _TOKENIZERS[(key, placeholder)] = tokenizer
+        fresh["tokenizer"] = _TOKENIZERS[(key, placeholder)]
+    return dataclasses.replace(pristine, **fresh)
+
+
+def _shared_parts(component) -> dict:
+    """A deepcopy memo that keeps the tokenizer's BPE merge list (49k tuples, never changed by
+    adding a token) shared: copying it was most of a shared run's setup."""
+    merges = getattr(component, "_merges", None)
+    return {id(merges): merges} if isinstance(merges, list) else {}
 
 
 def _scheduler_config(source: str, kw: dict) -> dict:

@@ -73,6 +73,19 @@ def semantic(cfg: dict) -> dict:
     return out
 
 
+# What a strategy and its L_det evaluation batch own: runs that differ only here follow the same
+# parameter trajectory (monitoring never touches the training stream), so one training serves them.
+OBSERVER_ONLY = ("strategy", "ldet", "method.protocol", "method.max_train_steps")
+
+
+def trajectory_id(cfg: dict) -> str:
+    """10 hex characters naming the parameter trajectory a run follows."""
+    out = semantic(cfg)
+    for key in OBSERVER_ONLY:
+        _drop(out, key)
+    return hashlib.sha1(json.dumps(out, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def run_id(cfg: dict) -> str:
     """10 hex characters of the SHA-1 of the semantic config: same config, same run."""
     blob = json.dumps(semantic(cfg), sort_keys=True, default=str)

@@ -1,7 +1,7 @@
 """Concept images → training examples: preprocessing, augmentation and captions.
 
 Every random choice is drawn from a `torch.Generator` passed in by the caller, so the training
-stream and the evaluation-batch stream never share state (DESIGN.md §3).
+stream and the evaluation-batch stream never share state (DESIGN.md §5).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmark.templates import CLOSE_PREFIXES, FAR_PREFIXES, OBJECT_TEMPLATES
+from benchmark.templates import CLOSE_PREFIXES, FAR_PREFIXES, OBJECT_TEMPLATES, TRAIN_EVAL_TEMPLATES
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -90,6 +90,13 @@ class ConceptData:
         if self.caption_mode == "templates":
             return _choice(g, OBJECT_TEMPLATES).format(self.subject)
         return self.instance_prompt.format(subject=self.subject)
+
+    def eval_prompts(self, n: int) -> list[str]:
+        """The train prompts of evaluations: the concept's own captions when it brings them (in
+        image order, so index pairing meets each caption's image), else the fixed templates."""
+        if self.image_captions:
+            return [self.image_captions[i % len(self.image_captions)] for i in range(n)]
+        return [TRAIN_EVAL_TEMPLATES[i % len(TRAIN_EVAL_TEMPLATES)].format(self.subject) for i in range(n)]
 
     def example(self, index: int, flip: bool, g: torch.Generator) -> tuple[torch.Tensor, str, torch.Tensor | None]:
         caption = self.caption(g, index)

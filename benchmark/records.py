@@ -1,4 +1,4 @@
-"""The Parquet records: `runs`, `steps` and `evals`, schema v1 (DESIGN.md §4).
+"""The Parquet records: `runs`, `steps` and `evals`, schema v1 (DESIGN.md §6).
 
 Layout under the results root (hive partitions; concept and seed are columns):
 
@@ -54,7 +54,9 @@ RUNS = _schema("runs", [
     ("train_s", f64, "seconds in training updates (forward, backward, optimizer)"),
     ("ldet_s", f64, "seconds computing L_det"),
     ("sampling_s", f64, "seconds in in-loop evaluations (sampling + scoring)"),
-    ("total_s", f64, "training-loop seconds: train + L_det + in-loop evaluation + records/checkpoints"),
+    ("total_s", f64, "seconds of this run's own steps: train_s + ldet_s + sampling_s"),
+    ("time_s", f64, "seconds of the strategy's own protocol (Table 1 'Time'): updates, in-loop evaluations, "
+                    "and L_det only where the strategy watches it"),
     ("setup_s", f64, "seconds before the loop (loading, data, eval batch); not in total_s"),
     ("final_eval_s", f64, "seconds of the post-training evaluation; not in total_s"),
     ("clip_pairing", s, "all_pairs | index: how CLIP img pairs generated and reference images"),
@@ -135,6 +137,32 @@ def run_parts(root: Path, table: str, keys: dict, run_id: str) -> list[Path]:
 def part_range(path: Path) -> tuple[int, int]:
     first, last = path.stem.rsplit("-", 2)[1:]
     return int(first), int(last)
+
+
+def plan_file(root: Path, experiment: str) -> Path:
+    return Path(root) / "work" / experiment / "plan.json"
+
+
+def derived_file(root: Path, experiment: str, job_name: str) -> Path:
+    """Where a Few-iters job that derived its steps on a compute node records the run id it became."""
+    return Path(root) / "work" / experiment / "derived" / (job_name.replace("/", "__") + ".txt")
+
+
+def read_plan(root: Path, experiment: str) -> set[str] | None:
+    """Run ids of the experiment's current plan (written by the sweep, completed by the derived
+    Few-iters jobs), or None when there is none."""
+    import json
+
+    f = plan_file(root, experiment)
+    if not f.exists():
+        return None
+    plan = json.loads(f.read_text())
+    ids = set(plan["run_ids"])
+    for name in plan["waiting"]:
+        d = derived_file(root, experiment, name)
+        if d.exists():
+            ids.add(d.read_text().strip())
+    return ids
 
 
 def read(root: Path, table: str, experiment: str | None = None) -> pd.DataFrame:

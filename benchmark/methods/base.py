@@ -41,11 +41,15 @@ class TrainableTokens(torch.nn.Module):
 
 
 def add_placeholder_token(tokenizer, text_encoder, placeholder: str, initializer: str) -> TrainableTokens:
-    """Add `placeholder` to the tokenizer and give it a trainable embedding initialised from
+    """Add `placeholder` to the tokenizer (unless a shared backbone handed it out with the token
+    already added, as its first new token) and give it a trainable embedding initialised from
     `initializer` (looked up as a raw BPE token first, like the official code's "ktn", then as text)."""
-    if tokenizer.add_tokens(placeholder) != 1:
+    vocab = text_encoder.get_input_embeddings().num_embeddings
+    if placeholder not in tokenizer.get_added_vocab():
+        tokenizer.add_tokens(placeholder)
+    if tokenizer.convert_tokens_to_ids(placeholder) != vocab:
         raise ConfigError(
-            f"method.placeholder_token '{placeholder}' already exists in the tokenizer; choose a new string."
+            f"method.placeholder_token '{placeholder}' is already a word of the tokenizer; choose a new string."
         )
     init_id = tokenizer.convert_tokens_to_ids(initializer)
     if init_id is None or init_id == tokenizer.unk_token_id:
@@ -65,7 +69,7 @@ class Method:
     """A personalization method: what is trained, its loss, and how its weights are saved/applied."""
 
     name = ""
-    uses_prior = False
+    modifies = ("tokenizer", "text_encoder", "unet")  # backbone parts it changes (a shared backbone copies them)
 
     def __init__(self, cfg, backbone, concept, placeholder: str, seed: int):
         self.cfg, self.backbone, self.concept = cfg, backbone, concept
@@ -75,6 +79,9 @@ class Method:
         self.trainables: dict[str, torch.nn.Parameter] = {}
 
     # --- setup ---------------------------------------------------------------------------------
+    def prepare(self, make_sampler, cache_dir: Path, sampling: dict, progress: bool) -> None:
+        """Data the method takes from the *base* model before `setup` changes it (none here)."""
+
     def setup(self) -> None:
         """Add the concept token (all methods), then the method's own trainable parts."""
         # null in the config: the concept's own initializer from the manifest (e.g. its class noun)
@@ -98,6 +105,10 @@ class Method:
         return list(self.trainables.values())
 
     # --- training ------------------------------------------------------------------------------
+    def extra_examples(self, g: torch.Generator, batch_size: int, encoder) -> tuple[torch.Tensor, list[str]] | None:
+        """(latents, captions) appended to every training batch, drawn from `g`; None here."""
+        return None
+
     def loss(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, n_instance: int):
         return F.mse_loss(pred.float(), target.float())
 

@@ -46,7 +46,21 @@ def install_processors(unet, weights: dict[str, torch.Tensor] | None = None) -> 
 @METHODS.register("custom_diffusion")
 class CustomDiffusion(Method):
     name = "custom_diffusion"
-    uses_prior = True
+
+    def prepare(self, make_sampler, cache_dir, sampling, progress) -> None:
+        """Class images come from the base model (or a folder), before the K/V processors go in."""
+        from benchmark.class_images import class_images
+        from benchmark.data import ClassData
+
+        images, captions = class_images(self.cfg["prior"], self.concept.class_noun, self.backbone, make_sampler,
+                                        cache_dir, sampling, progress=progress)
+        self.class_data = ClassData(images, captions, self.backbone.resolution)
+
+    def extra_examples(self, g, batch_size, encoder):
+        """Prior preservation: a batch of class images with their captions, encoded by the VAE."""
+        pixels, captions = self.class_data.sample(g, batch_size)
+        mean, std = encoder.posterior(pixels)
+        return encoder.sample(mean, std, torch.randn(mean.shape, generator=g)), captions
 
     def setup_extra(self) -> None:
         for name, proc in install_processors(self.backbone.unet).items():

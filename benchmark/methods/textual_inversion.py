@@ -6,3 +6,4 @@ from benchmark.methods.base import METHODS, Method
 @METHODS.register("textual_inversion")
 class TextualInversion(Method):
     name = "textual_inversion"
+    modifies = ("tokenizer", "text_encoder")  # the token; the UNet and VAE stay as loaded
