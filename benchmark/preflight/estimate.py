@@ -3,18 +3,22 @@
 A timing profile (`slurm/a100.timing.yaml`, next to the Slurm launcher profile that names it) holds
 per method the seconds of one update, of one L_det pass over 8 items, and of sampling and scoring
 one evaluation image at 50 steps, measured by `python -m benchmark.bench --record FILE` on that GPU.
-A run's time is then
+A run's time on its own is then
 
     setup + updates x update + L_det passes x ldet + evaluated images x image (+ its class images)
 
 Expected updates: the budget for Baseline and Few-iters (derived Few-iters: the paper's values
 until this sweep's CLIP-s runs have finished), the paper's Table 1 mean for CLIP-s and DVAR, capped
-by the budget. The worst case (every run to its cap) sets the Slurm time limit of each job.
+by the budget. The sweep trains each trajectory once for the runs that share it: one setup, the
+updates of its longest run, each L_det variant while a run watches it, one evaluation per evaluated
+step, a final evaluation per run that reports its stop step, and derived Few-iters as branches from
+the nearest snapshot. The worst case (every run to its cap) sets the Slurm time limit of each job.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +118,64 @@ def run_cost(cfg: dict, label: str, profile: Profile, paper: dict, n_val_prompts
         expected = min(float(cap), mean) if mean else float(cap)
     return RunCost(cfg["method"]["name"], label, expected, cap, run_seconds(cfg, profile, expected, n_val_prompts),
                    run_seconds(cfg, profile, cap, n_val_prompts))
+
+
+@dataclass
+class TrajectoryCost:
+    expected_s: float
+    worst_s: float          # the first pass (one Slurm job)
+    branch_worst_s: float   # the derived Few-iters pass, a job of its own (0 when none)
+
+
+def _pass_seconds(members: list[tuple[dict, float, int]], profile: Profile, n_val_prompts: int) -> float:
+    """One pass along a trajectory observed by `members` = (config, expected updates, start step),
+    setup aside."""
+    cfg0 = members[0][0]
+    m = profile.methods[cfg0["method"]["name"]]
+    start = min(s for _, _, s in members)
+    updates = max(u for _, u, _ in members) - start
+    ldet = {}
+    for cfg, u, _ in members:
+        if cfg["ldet"]["enabled"]:
+            key = json.dumps(cfg["ldet"], sort_keys=True)
+            ldet[key] = (cfg["ldet"], max(u, ldet.get(key, (None, 0))[1]))
+    passes = sum(((u - start) // l["every"] + 1) * l["batch_size"] * l["accumulation"] * (4 if l.get("intervals") else 1) / 8
+                 for l, u in ldet.values())
+    eval_steps: set[int] = set()
+    finals = 0
+    for cfg, u, _ in members:
+        strategy = cfg["strategy"]
+        if strategy["name"] in ("baseline", "clip_s"):
+            every = strategy["eval_every"]
+            eval_steps |= set(range(every, int(u) + 1, every)) | ({int(u)} if strategy["name"] == "baseline" else set())
+        else:
+            finals += 1
+    sampling = cfg0["sampling"]
+    n_val = sampling.get("n_val_prompts") or n_val_prompts
+    images = sampling["n_train_prompts"] + n_val * sampling["images_per_val_prompt"]
+    image_s = m["image_s"] * sampling["steps"] / 50
+    return updates * m["update_s"] + passes * m["ldet_s"] + (len(eval_steps) + finals) * images * image_s
+
+
+def trajectory_cost(members: list[tuple[dict, RunCost, bool]], profile: Profile, n_val_prompts: int) -> TrajectoryCost:
+    """The cost of training one trajectory once for its runs: (config, the run's cost, derived?).
+    Derived Few-iters branch later (a job of their own) from the latest snapshot at or before their
+    budget, one pass per starting snapshot."""
+    out = []
+    for worst in (False, True):
+        first = [(cfg, c.worst_updates if worst else c.expected_updates, 0) for cfg, c, derived in members if not derived]
+        branches: dict[int, list] = {}
+        for cfg, c, derived in members:
+            if derived:
+                every = int(cfg.get("checkpoint_every") or 0)
+                start = (c.worst_updates // every) * every if every else 0
+                branches.setdefault(start, []).append((cfg, c.worst_updates, start))
+        first_s = profile.setup_s + _pass_seconds(first, profile, n_val_prompts) if first else 0.0
+        branch_s = profile.setup_s + sum(_pass_seconds(b, profile, n_val_prompts) for b in branches.values()) \
+            if branches else 0.0
+        out.append((first_s, branch_s))
+    (e_first, e_branch), (w_first, w_branch) = out
+    return TrajectoryCost(e_first + e_branch, w_first, w_branch)
 
 
 def time_limit_min(worst_s: float) -> int:

@@ -7,16 +7,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.errors import ConfigError
 from benchmark.preflight import checks
-from benchmark.preflight.estimate import (PAPER_NAMES, RunCost, class_image_seconds, load_profile, paper_table1,
-                                          run_cost, time_limit_min)
+from benchmark.preflight.estimate import (PAPER_NAMES, RunCost, TrajectoryCost, class_image_seconds, load_profile,
+                                          paper_table1, run_cost, time_limit_min, trajectory_cost)
 
 
 @dataclass
 class Preflight:
     problems: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)     # what was checked, for the listing
-    costs: list[RunCost] = field(default_factory=list)
+    costs: list[RunCost] = field(default_factory=list)               # each run on its own
+    trajectories: list[TrajectoryCost] = field(default_factory=list)  # as the sweep trains them
     class_images_s: float = 0.0
     time_limit_min: int | None = None                   # what each Slurm job requests
     profile: object = None
@@ -33,7 +35,8 @@ def _check(pf: Preflight, label: str, problems: list[str]) -> None:
 
 def job_configs(jobs) -> list[tuple[object, dict, int | None]]:
     """(job, config, derived steps) for every job: a derived Few-iters job borrows its CLIP-s
-    sibling's config and, until its CLIP-s runs finish, the paper's step count of the method."""
+    sibling's config and, until its CLIP-s runs finish, the paper's step count of the method (at most
+    the CLIP-s cap)."""
     siblings = {(j.method, j.concept, j.seed): j.cfg for j in jobs if j.strategy == "clip_s" and j.cfg}
     out = []
     for job in jobs:
@@ -41,30 +44,41 @@ def job_configs(jobs) -> list[tuple[object, dict, int | None]]:
             out.append((job, job.cfg, None))
             continue
         cfg = siblings[(job.method, job.concept, job.seed)]
-        steps = int(cfg["method"]["protocol"]["few_iters"][job.derive])
+        steps = min(int(cfg["method"]["protocol"]["few_iters"][job.derive]), int(cfg["strategy"]["max_steps"]))
         cfg = {**cfg, "strategy": {"name": "few_iters", "label": job.strategy, "steps": steps}}
         out.append((job, cfg, steps))
     return out
 
 
-def estimate(jobs, launcher: dict, missing_class_images: int) -> tuple[list[RunCost], float, object]:
+def estimate(jobs, launcher: dict, missing_class_images: int, runs_per_job: int | None = None):
+    """(the cost of each run on its own, of each trajectory as the sweep trains it, of the class
+    images, the profile), or empty costs when the launcher's profile does not cover the model."""
     from benchmark.concepts.manifest import get_concept
+    from benchmark.config import trajectory_id
     from benchmark.provenance import project_path
 
     if not launcher.get("timing"):
-        return [], 0.0, None
+        return [], [], 0.0, None
     profile = load_profile(project_path(launcher["timing"]))
     triples = job_configs(jobs)
     if not triples or not all(profile.covers(cfg) for _, cfg, _ in triples):
-        return [], 0.0, profile
+        return [], [], 0.0, profile
     paper = paper_table1()
-    costs = []
+    costs, groups = [], {}
     for job, cfg, derived in triples:
-        costs.append(run_cost(cfg, job.strategy, profile, paper, len(get_concept(job.concept).val_prompts), derived))
-    return costs, class_image_seconds(missing_class_images, triples[0][1]["sampling"]["steps"], profile), profile
+        n_val = len(get_concept(job.concept).val_prompts)
+        cost = run_cost(cfg, job.strategy, profile, paper, n_val, derived)
+        costs.append(cost)
+        groups.setdefault(trajectory_id(cfg), ([], n_val))[0].append((cfg, cost, derived is not None))
+    size = runs_per_job or max(len(m) for m, _ in groups.values())
+    trajectories = [trajectory_cost(members[i:i + size], profile, n_val)  # the sweep's jobs: at most size runs
+                    for members, n_val in groups.values() for i in range(0, len(members), size)]
+    steps = triples[0][1]["sampling"]["steps"]
+    return costs, trajectories, class_image_seconds(missing_class_images, steps, profile), profile
 
 
-def run_preflight(jobs, env: dict, overrides: list[str], load_weights: bool = True) -> Preflight:
+def run_preflight(jobs, env: dict, overrides: list[str], runs_per_job: int | None = None,
+                  load_weights: bool = True) -> Preflight:
     from benchmark.weights.files import required
 
     pf = Preflight()
@@ -85,11 +99,12 @@ def run_preflight(jobs, env: dict, overrides: list[str], load_weights: bool = Tr
            problems)
     _check(pf, f"results folder {env['results']} is writable", checks.results_folder(env["results"]))
     try:
-        pf.costs, pf.class_images_s, pf.profile = estimate(jobs, env["launcher"], missing_images)
-    except Exception as err:  # a broken profile is a problem of its own, listed with the rest
+        pf.costs, pf.trajectories, pf.class_images_s, pf.profile = estimate(jobs, env["launcher"], missing_images,
+                                                                            runs_per_job)
+    except ConfigError as err:  # a broken profile is a problem of its own, listed with the rest
         pf.problems.append(str(err))
-    if pf.costs:
-        pf.time_limit_min = time_limit_min(max(c.worst_s for c in pf.costs))
+    if pf.trajectories:
+        pf.time_limit_min = time_limit_min(max(max(t.worst_s, t.branch_worst_s) for t in pf.trajectories))
     launcher = dict(env["launcher"])
     if launcher.get("timeout_min") not in (None, "auto"):
         pf.time_limit_min = int(launcher["timeout_min"])
@@ -127,16 +142,19 @@ def format_estimate(pf: Preflight, launcher: dict, explain_missing: bool = False
         out.append(f"  {method:<19}{strategy:<16}{n:>5}{sum(c.expected_updates for c in cs) / n:>9.0f}"
                    f"{sum(c.expected_s for c in cs) / n / 60:>9.1f}{sum(c.expected_s for c in cs) / 3600:>8.1f}"
                    f"{max(c.worst_s for c in cs) / 60:>10.1f}{f'{paper_min:.1f}' if paper_min else '-':>10}")
-    total = sum(c.expected_s for c in pf.costs) / 3600
-    worst = sum(c.worst_s for c in pf.costs) / 3600
-    out.append(f"  total: {len(pf.costs)} runs, {total:.1f} GPU-h expected ({worst:.1f} if every run goes to its cap)"
-               + (f" + {pf.class_images_s / 3600:.1f} GPU-h of class images" if pf.class_images_s else ""))
-    out.append("  'paper min' is the paper's Table 1 time (its protocol's cost, no L_det where a strategy does not use "
-               "it); min/run here is what the GPU spends, L_det and evaluations included.")
+    alone = sum(c.expected_s for c in pf.costs) / 3600
+    shared = sum(t.expected_s for t in pf.trajectories) / 3600
+    worst = sum(t.worst_s + t.branch_worst_s for t in pf.trajectories) / 3600
+    out.append(f"  total: {len(pf.costs)} runs as {len(pf.trajectories)} trajectory jobs: {shared:.1f} GPU-h expected "
+               f"({worst:.1f} if every run goes to its cap)"
+               + (f" + {pf.class_images_s / 3600:.1f} GPU-h of class images" if pf.class_images_s else "")
+               + f"; {alone:.1f} GPU-h if every run trained on its own ({alone / shared:.2f}x)")
+    out.append("  min/run: a run on its own, L_det and evaluations included; 'paper min' is the paper's Table 1 time "
+               "(its protocol's cost, no L_det where a strategy does not use it).")
     if pf.time_limit_min:
         given = launcher.get("timeout_min") not in (None, "auto")
         out.append(f"  Slurm time limit per job: {pf.time_limit_min} min" + (" (launcher.timeout_min)" if given else
-                   f" (the longest worst case x 1.25 + 10 min; set launcher.timeout_min to choose)"))
+                   f" (the longest trajectory's worst case x 1.25 + 10 min; set launcher.timeout_min to choose)"))
     return out
 
 

@@ -28,7 +28,7 @@ import yaml
 from benchmark.errors import ConfigError
 from benchmark.sweep.plan import (Composer, Job, available_experiments, expand, load_experiment,
                                   read_submissions, record_derivation, record_submissions, resolve_derived,
-                                  statuses)
+                                  statuses, trajectories, waiting_trajectories, write_plan)
 
 log = logging.getLogger("dvar")
 STATES = ("done", "failed", "running", "queued", "pending", "waiting")
@@ -79,11 +79,11 @@ def plan(args) -> tuple[dict, list[Job], dict, Composer]:
                        "data": Path(any_cfg["paths"]["data"]).expanduser()}, composer
 
 
-def preflight(jobs: list[Job], env: dict, args) -> bool:
+def preflight(exp: dict, jobs: list[Job], env: dict, args) -> bool:
     """Print the preflight listing and the estimate; whether the sweep may start."""
     from benchmark.preflight.preflight import format_estimate, format_problems, run_preflight
 
-    pf = run_preflight(jobs, env, args.overrides)
+    pf = run_preflight(jobs, env, args.overrides, exp.get("runs_per_job"))
     print("\n".join(["preflight:", *pf.lines, *format_estimate(pf, env["launcher"], args.command == "preflight")]))
     if pf.problems:
         print("error: " + "\n".join(format_problems(pf)), file=sys.stderr)
@@ -135,13 +135,21 @@ def run_local(exp, jobs, env, composer, args) -> int:
             for j in todo:
                 print(f"  {j.name}  ({j.run_id})")
             return 0
-        done = execute([j.cfg for j in todo], workers=int(env["launcher"].get("workers") or 1))
-        failures += [(cfg, err) for cfg, err in done if err]
+        waiting = waiting_trajectories(jobs)
+        share = env["launcher"].get("share_trajectories", True)
+        groups = [([j.cfg for j in group], share and group[0].trajectory in waiting)
+                  for group in (trajectories(todo, exp.get("runs_per_job")) if share else
+                                [[j] for j in todo if j.cfg is not None])]
+        print(f"  as {len(groups)} " + ("trajectories, each trained once for the runs that share it" if share else
+                                        "standalone runs (launcher.share_trajectories=false)"))
+        done = execute(groups, workers=int(env["launcher"].get("workers") or 1))
+        failures += [(cfgs, err) for cfgs, err in done if err]
         derived = resolve_derived(jobs, env["results"], composer)
         if derived:
             path = record_derivation(env["results"], exp["name"], derived)
             print("Few-iters steps derived from CLIP-s: " + ", ".join(
                 f"{m} mean {d['mean']} max {d['max']}" for m, d in derived.items()) + f" (recorded in {path})")
+            write_plan(env["results"], exp["name"], jobs)
     final = statuses(jobs, env["results"], exp["name"])
     print_status(exp, jobs, final, env["results"])
     return 1 if failures or "failed" in final else 0  # earlier failures leave the experiment incomplete too
@@ -162,7 +170,15 @@ def run_slurm(exp, jobs, env, args) -> int:
         print(f"{len(later)} Few-iters runs wait for CLIP-s runs of an earlier submission: submit again when they end.")
     if args.dry_run or not (ready or deferred):
         return 0
-    ids = slurm.submit(ready, deferred, env["launcher"], env["results"], exp["name"])
+    groups = {}
+    for j in deferred:  # the derived runs of one trajectory branch from it together
+        groups.setdefault((j.method, j.concept, j.seed, tuple(o for o in j.overrides if not o.startswith("strategy="))),
+                          []).append(j)
+    share = env["launcher"].get("share_trajectories", True)
+    ready_groups = trajectories(ready, exp.get("runs_per_job")) if share else [[j] for j in ready]
+    deferred_groups = list(groups.values()) if share else [[j] for j in deferred]
+    ids = slurm.submit(ready_groups, deferred_groups, waiting_trajectories(jobs) if share else set(), env["launcher"],
+                       env["results"], exp["name"])
     record_submissions(env["results"], exp["name"], ids)
     arrays = sorted({i.split("_")[0] for i in ids.values()})
     print(f"submitted Slurm job arrays {', '.join(arrays)}; logs in {Path(env['launcher'].get('folder') or env['results'] / 'slurm') / exp['name']}")
@@ -196,9 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
             return 0
-        ok = preflight(jobs, env, args)
+        ok = preflight(exp, jobs, env, args)
         if args.command == "preflight" or not ok:
             return 0 if ok else 2
+        if not args.dry_run:
+            write_plan(env["results"], exp["name"], jobs)
         if env["launcher"].get("name") == "slurm":
             return run_slurm(exp, jobs, env, args)
         return run_local(exp, jobs, env, composer, args)

@@ -1,6 +1,8 @@
-"""Run a sweep on this machine: phase 1, then the derived Few-iters runs; past failures.
+"""Run a sweep on this machine: trajectory by trajectory, phase 1 then the derived Few-iters;
+past failures.
 
-With `launcher.workers=1` (default) runs go one after another in this process and share the loaded
+Each job is one trajectory: the runs that share it are trained together (benchmark.train). With
+`launcher.workers=1` (default) jobs go one after another in this process and share the loaded
 backbone and metric models. More workers run in parallel processes (each shares within itself);
 torch threads are divided among them.
 """
@@ -18,10 +20,11 @@ from tqdm.auto import tqdm
 log = logging.getLogger("dvar")
 
 
-def _run(cfg: dict) -> dict:
-    from benchmark.train import run
+def _run(cfgs: list[dict], keep_snapshots: bool) -> list[dict]:
+    from benchmark.train import run_trajectory
 
-    return run({**cfg, "progress": False}, share_models=True)
+    return run_trajectory([{**cfg, "progress": False} for cfg in cfgs], share_models=True,
+                          keep_snapshots=keep_snapshots)
 
 
 def _init_worker(threads: int) -> None:
@@ -33,29 +36,34 @@ def _init_worker(threads: int) -> None:
     setup_logging()
 
 
-def execute(cfgs: list[dict], workers: int = 1, progress: bool = True) -> list[tuple[dict, str | None]]:
-    """Run each config; returns (cfg, error text or None) per config, failures included."""
-    results: list[tuple[dict, str | None]] = []
-    bar = tqdm(total=len(cfgs), desc="runs", unit="run", disable=not progress or None)
+def describe(cfgs: list[dict]) -> str:
+    c = cfgs[0]
+    return f"{c['method']['name']} {c['concept']} seed {c['seed']} [{', '.join(x['strategy']['name'] for x in cfgs)}]"
+
+
+def execute(groups: list[tuple[list[dict], bool]], workers: int = 1, progress: bool = True) -> list[tuple[list[dict], str | None]]:
+    """Run each trajectory (its run configs, whether to keep its snapshots for later branches);
+    returns (configs, error text or None) per trajectory, failures included."""
+    results: list[tuple[list[dict], str | None]] = []
+    bar = tqdm(total=sum(len(g) for g, _ in groups), desc="runs", unit="run", disable=not progress or None)
     if workers <= 1:
-        for cfg in cfgs:
+        for cfgs, keep in groups:
             try:
-                _run(cfg)
-                results.append((cfg, None))
+                _run(cfgs, keep)
+                results.append((cfgs, None))
             except Exception as err:  # a sweep continues past failures and lists them at the end
-                log.error("run failed: %s/%s %s: %s", cfg["method"]["name"], cfg["strategy"]["label"],
-                          cfg["concept"], err)
+                log.error("trajectory failed: %s: %s", describe(cfgs), err)
                 log.debug(traceback.format_exc())
-                results.append((cfg, f"{type(err).__name__}: {err}"))
-            bar.update(1)
+                results.append((cfgs, f"{type(err).__name__}: {err}"))
+            bar.update(len(cfgs))
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as pool:
-            futures = {pool.submit(_run, cfg): cfg for cfg in cfgs}
+            futures = {pool.submit(_run, cfgs, keep): cfgs for cfgs, keep in groups}
             for future in as_completed(futures):
                 err = future.exception()
                 results.append((futures[future], None if err is None else f"{type(err).__name__}: {err}"))
-                bar.update(1)
+                bar.update(len(futures[future]))
     bar.close()
     return results

@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmark.config import run_id
+from benchmark.config import run_id, trajectory_id
 from benchmark.errors import ConfigError
 from benchmark.registry import unknown_name_error
+from benchmark.strategies import strategy_class
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiments"
 GRID_KEYS = ("method", "strategy", "concept", "seed")
-DERIVED = {"few_iters_mean": "mean", "few_iters_max": "max"}
 
 
 def available_experiments() -> list[str]:
@@ -47,12 +47,15 @@ def load_experiment(name: str) -> dict:
     if not path.exists():
         raise unknown_name_error("experiment", name, available_experiments(), key="experiment")
     exp = yaml.safe_load(path.read_text()) or {}
-    unknown = set(exp) - {"description", "overrides", "grid", "variants", "per_method", "few_iters"}
+    unknown = set(exp) - {"description", "overrides", "grid", "variants", "per_method", "few_iters", "runs_per_job"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; see benchmark/sweep/plan.py for the format.")
     missing = [k for k in GRID_KEYS if k not in (exp.get("grid") or {})]
     if missing:
         raise ConfigError(f"{path}: grid must list {', '.join(missing)}.")
+    per_job = exp.get("runs_per_job")
+    if per_job is not None and (isinstance(per_job, bool) or not isinstance(per_job, int) or per_job < 1):
+        raise ConfigError(f"{path}: runs_per_job must be a positive integer (got {per_job!r}).")
     if exp.get("few_iters", "derive") not in ("derive", "pinned"):
         raise ConfigError(f"{path}: few_iters must be derive or pinned (got {exp['few_iters']!r}).")
     exp["name"] = path.stem
@@ -66,7 +69,7 @@ class Job:
     CLIP-s runs that have not finished yet."""
 
     method: str
-    strategy: str               # the strategy config name (its label in the records)
+    strategy: str               # the strategy's name (its config file, registry key and records partition)
     concept: str
     seed: int
     overrides: list[str]
@@ -77,6 +80,10 @@ class Job:
     @property
     def run_id(self) -> str | None:
         return run_id(self.cfg) if self.cfg else None
+
+    @property
+    def trajectory(self) -> str | None:
+        return trajectory_id(self.cfg) if self.cfg else None
 
     @property
     def name(self) -> str:
@@ -125,8 +132,9 @@ def expand(exp: dict, cli_overrides: list[str], narrow: dict | None = None, comp
                          f"strategy={strategy}", *exp.get("per_method", {}).get(method, []), *variant,
                          *cli_overrides]
             job = Job(method, strategy, concept, int(seed), overrides)
-            if strategy in DERIVED and exp.get("few_iters", "derive") == "derive":
-                job.derive = DERIVED[strategy]
+            derive = strategy_class(strategy).derive
+            if derive and exp.get("few_iters", "derive") == "derive":
+                job.derive = derive
             else:
                 job.cfg = composer(overrides, concept, seed)
             jobs.append(job)
@@ -145,6 +153,32 @@ def expand(exp: dict, cli_overrides: list[str], narrow: dict | None = None, comp
 
 
 # --- reading the records ------------------------------------------------------------------------
+def trajectories(jobs: list[Job], runs_per_job: int | None = None) -> list[list[Job]]:
+    """Runs that follow the same parameter trajectory, trained together (decided jobs only), at most
+    `runs_per_job` to a job: an experiment whose observers are costly on their own (many accumulated
+    L_det variants) trades some repeated training for jobs that fit a cluster's time limit."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.cfg is not None:
+            groups.setdefault(job.trajectory, []).append(job)
+    size = runs_per_job or max((len(g) for g in groups.values()), default=1)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def waiting_trajectories(jobs: list[Job]) -> set[str]:
+    """Trajectories that derived Few-iters runs will branch from once their CLIP-s runs are done:
+    their snapshots must outlive the first pass."""
+    clip_s = {(j.method, j.concept, j.seed, tuple(j.overrides)): j for j in jobs if j.strategy == "clip_s" and j.cfg}
+    out = set()
+    for job in jobs:
+        if job.cfg is None and job.derive:
+            key = tuple(o.replace(f"strategy={job.strategy}", "strategy=clip_s") for o in job.overrides)
+            sibling = clip_s.get((job.method, job.concept, job.seed, key))
+            if sibling is not None:
+                out.add(sibling.trajectory)
+    return out
+
+
 def runs_table(results: Path):
     from benchmark import records
 
@@ -191,6 +225,31 @@ def record_derivation(results: Path, experiment: str, derived: dict) -> Path | N
     tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
     os.replace(tmp, path)
     return path
+
+
+def write_plan(results: Path, experiment: str, jobs: list[Job]) -> Path:
+    """The experiment's current plan, which analysis reads: the run ids the grid holds now (records of
+    runs outside it, e.g. of an edited config, are left out of the tables and listed)."""
+    from benchmark import records
+
+    plan = {"run_ids": sorted(j.run_id for j in jobs if j.cfg is not None),
+            "waiting": sorted(j.name for j in jobs if j.cfg is None)}
+    path = records.plan_file(results, experiment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def record_derived_run(results: Path, experiment: str, job_name: str, rid: str) -> None:
+    from benchmark import records
+
+    path = records.derived_file(results, experiment, job_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(rid)
+    os.replace(tmp, path)
 
 
 def slurm_live_ids() -> set[str] | None:

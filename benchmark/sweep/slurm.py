@@ -1,10 +1,11 @@
 """Submit a sweep to Slurm through submitit: job arrays, resources from the launcher config.
 
-Each array task runs one run. On preemption or timeout submitit requeues the task
-(`Checkpointable`), and the run resumes from its last checkpoint; its records come out identical
-to an uninterrupted run. Few-iters runs whose step count derives from CLIP-s runs of the same
-submission go out as a second array that starts after the first (`afterany`) and derives its step
-count from the records when it starts.
+Each array task trains one trajectory for the runs that share it. On preemption or timeout
+submitit requeues the task (`Checkpointable`), and the trajectory resumes from its last snapshot;
+its records come out identical to an uninterrupted run. Few-iters runs whose step count derives from
+CLIP-s runs of the same submission go out as a second array that starts after the first
+(`afterany`), derives its step counts from the records when it starts and branches from the
+trajectory's stored snapshots.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import submitit
 
-from benchmark.sweep.plan import Composer, Job, derived_steps, record_derivation, runs_table
+from benchmark.config import run_id
+from benchmark.sweep.plan import Composer, Job, derived_steps, record_derivation, record_derived_run, runs_table
 
 # launcher config key → submitit AutoExecutor parameter
 PARAMS = {
@@ -27,25 +29,32 @@ PARAMS = {
 
 class SlurmRun(submitit.helpers.Checkpointable):
     """The callable each array task runs. `checkpoint` (inherited) resubmits it with the same
-    payload; the run finds its own checkpoint on disk and continues from it."""
+    payload; the trajectory finds its own snapshots on disk and continues from them."""
 
-    def __call__(self, payload: dict) -> str:
+    def __call__(self, payload: dict) -> list[str]:
         from benchmark.run import setup_logging
-        from benchmark.train import run
+        from benchmark.train import run_trajectory
 
         setup_logging()
         os.environ.setdefault("TQDM_MININTERVAL", "30")
-        cfg = payload["cfg"]
-        if cfg is None:
-            job: Job = payload["job"]
-            results = Path(payload["results"])
-            d = derived_steps(runs_table(results), job.clip_s_ids)
-            if d is None:
-                raise RuntimeError(f"{job.name}: its CLIP-s runs have not all finished, or none completed; "
-                                   "submit the sweep again once they have.")
-            record_derivation(results, payload["experiment"], {job.method: d})
-            cfg = Composer()([*job.overrides, f"strategy.steps={d[job.derive]}"], job.concept, job.seed)
-        return run({**cfg, "progress": False})["run_id"]
+        cfgs = payload["cfgs"]
+        if cfgs is None:
+            cfgs = [derive(job, payload) for job in payload["jobs"]]
+        rows = run_trajectory([{**cfg, "progress": False} for cfg in cfgs], keep_snapshots=payload["keep"])
+        return [row["run_id"] for row in rows]
+
+
+def derive(job: Job, payload: dict) -> dict:
+    """A Few-iters run's config, its step count derived from the finished CLIP-s runs."""
+    results = Path(payload["results"])
+    d = derived_steps(runs_table(results), job.clip_s_ids)
+    if d is None:
+        raise RuntimeError(f"{job.name}: its CLIP-s runs have not all finished, or none completed; "
+                           "submit the sweep again once they have.")
+    record_derivation(results, payload["experiment"], {job.method: d})
+    cfg = Composer()([*job.overrides, f"strategy.steps={d[job.derive]}"], job.concept, job.seed)
+    record_derived_run(results, payload["experiment"], job.name, run_id(cfg))
+    return cfg
 
 
 def make_executor(launcher: dict, folder: Path, name: str) -> submitit.AutoExecutor:
@@ -57,9 +66,10 @@ def make_executor(launcher: dict, folder: Path, name: str) -> submitit.AutoExecu
     return executor
 
 
-def submit(ready: list[Job], deferred: list[Job], launcher: dict, results: Path, experiment: str) -> dict[str, str]:
-    """Submit the ready runs as one array and the deferred Few-iters runs as a dependent one;
-    returns job name → Slurm job id."""
+def submit(ready: list[list[Job]], deferred: list[list[Job]], waiting: set[str], launcher: dict, results: Path,
+           experiment: str) -> dict[str, str]:
+    """Submit the ready trajectories as one array and the trajectories of the derived Few-iters runs
+    as a dependent one; returns run name -> Slurm job id (the trajectory's task)."""
     folder = Path(launcher.get("folder") or results / "slurm") / experiment
     folder.mkdir(parents=True, exist_ok=True)
     executor = make_executor(launcher, folder, f"dvar-{experiment}")
@@ -67,13 +77,15 @@ def submit(ready: list[Job], deferred: list[Job], launcher: dict, results: Path,
     ids: dict[str, str] = {}
     first = []
     if ready:
-        first = executor.map_array(SlurmRun(), [{**payload, "cfg": j.cfg, "job": j} for j in ready])
-        ids.update({j.name: s.job_id for j, s in zip(ready, first)})
+        first = executor.map_array(SlurmRun(), [{**payload, "cfgs": [j.cfg for j in group],
+                                                 "keep": group[0].trajectory in waiting} for group in ready])
+        ids.update({j.name: s.job_id for group, s in zip(ready, first) for j in group})
     if deferred:
         if first:
             extra = dict(launcher.get("additional_parameters") or {})
             executor.update_parameters(slurm_additional_parameters={
                 **extra, "dependency": f"afterany:{first[0].job_id.split('_')[0]}"})
-        second = executor.map_array(SlurmRun(), [{**payload, "cfg": None, "job": j} for j in deferred])
-        ids.update({j.name: s.job_id for j, s in zip(deferred, second)})
+        second = executor.map_array(SlurmRun(), [{**payload, "cfgs": None, "jobs": group, "keep": False}
+                                                 for group in deferred])
+        ids.update({j.name: s.job_id for group, s in zip(deferred, second) for j in group})
     return ids
