@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +13,6 @@ METHOD_NAMES = {"textual_inversion": "Textual Inversion", "dreambooth_lora": "Dr
                 "custom_diffusion": "Custom Diffusion"}
 STRATEGY_NAMES = {"baseline": "Baseline", "clip_s": "CLIP-s", "few_iters_mean": "Few iters (mean)",
                   "few_iters_max": "Few iters (max)", "few_iters": "Few iters", "dvar": "DVAR"}
-# Strategies whose protocol does not compute L_det: their Table 1 time leaves the (recorded)
-# monitoring cost out, so every run can carry the full L_det trace for replay without inflating it.
-NO_LDET = {"baseline", "clip_s", "few_iters", "few_iters_mean", "few_iters_max"}
 
 
 def order(values, reference: dict) -> list:
@@ -23,14 +21,23 @@ def order(values, reference: dict) -> list:
 
 
 def completed_runs(results: Path, experiment: str) -> pd.DataFrame:
+    """The completed runs of the experiment's current plan (the sweep writes it); completed runs
+    outside it (an edited config, a re-derived Few-iters) are left out with a warning naming them."""
     runs = records.read(results, "runs", experiment)
     runs = runs[runs.status == "completed"].drop_duplicates("run_id", keep="last")
+    plan = records.read_plan(results, experiment)
+    if plan is not None:
+        stale = runs[~runs.run_id.isin(plan)]
+        if len(stale):
+            names = ", ".join(f"{r.method}/{r.strategy}/{r.concept} ({r.run_id})" for r in stale.itertuples())
+            warnings.warn(f"{len(stale)} completed runs are not in the experiment's current plan and are left out "
+                          f"(their config changed since, or Few-iters were derived anew): {names}")
+        runs = runs[runs.run_id.isin(plan)]
     if runs.empty:
         raise FileNotFoundError(f"no completed runs of experiment '{experiment}' under {results}/runs; "
                                 f"run `python -m benchmark.sweep experiment={experiment}` first.")
     runs = runs.copy()
-    unused_monitoring = runs.ldet_s.where(runs.strategy.isin(NO_LDET), 0.0).fillna(0.0)
-    runs["time_min"] = (runs.total_s - unused_monitoring) / 60.0
+    runs["time_min"] = runs.time_s / 60.0  # each strategy's own protocol (records.RUNS: time_s)
     return runs
 
 
