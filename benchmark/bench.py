@@ -28,20 +28,20 @@ METHODS = ("textual_inversion", "dreambooth_lora", "custom_diffusion")
 
 
 def timed(trainer, fn) -> float:
-    trainer._sync()
+    trainer.sync()
     t0 = time.perf_counter()
     fn()
-    trainer._sync()
+    trainer.sync()
     return time.perf_counter() - t0
 
 
 def trainer_for(method: str, overrides: list[str]):
-    from benchmark.train import Trainer
+    from benchmark.trajectory import Trajectory
 
     extra = ["method.prior.num_class_images=4"] if method == "custom_diffusion" else []
     cfg = compose([f"method={method}", "strategy=few_iters", "strategy.steps=1000000", "progress=false",
                    *extra, *overrides])
-    trainer = Trainer(cfg, share_models=True)
+    trainer = Trajectory(cfg, share_models=True)
     trainer.setup()
     return trainer
 
@@ -95,8 +95,8 @@ def levers(trainer, overrides: list[str], rounds: int) -> list[tuple[str, float,
 
     out.append(("cached VAE encodings (per update)", *alternate(uncached, trainer.train_update, rounds)))
 
-    sampler = trainer._make_sampler()
-    prompts = trainer.train_prompts + trainer.val_prompts
+    sampler = trainer.sampler()
+    prompts = trainer.evaluator.train_prompts + trainer.evaluator.val_prompts
     one = dict(sampler.cfg, batch_size=1)
     many = dict(sampler.cfg, batch_size=len(prompts))
 
@@ -128,24 +128,25 @@ def levers(trainer, overrides: list[str], rounds: int) -> list[tuple[str, float,
 
 
 def harness_overhead(overrides: list[str], tmp: str) -> dict:
-    """The Textual Inversion runs of the smoke experiment, models already loaded (as in a sweep):
-    which share of their wall time is not training, L_det or evaluation."""
+    """The smoke experiment's Textual Inversion runs that decide as they go (Baseline, CLIP-s,
+    DVAR), trained as one trajectory the way a sweep does, models already loaded: which share of
+    the wall time is not updates, L_det or evaluation (setup, records, snapshots)."""
+    import json
+
     from benchmark.sweep.plan import expand, load_experiment
-    from benchmark.train import run
+    from benchmark.train import run_trajectory
 
     jobs = [j for j in expand(load_experiment("smoke"), [f"paths.results={tmp}", *overrides], {"method": ["textual_inversion"]})
             if j.cfg is not None]
-    warm = copy.deepcopy(jobs[0].cfg)
-    run(dict(warm, paths=dict(warm["paths"], results=f"{tmp}/warm"), progress=False), share_models=True)
-    totals = dict.fromkeys(("wall", "work", "setup", "loop_other"), 0.0)
-    for job in jobs:
-        t0 = time.perf_counter()
-        row = run(dict(job.cfg, progress=False), share_models=True)
-        totals["wall"] += time.perf_counter() - t0
-        totals["work"] += row["train_s"] + row["ldet_s"] + row["sampling_s"] + row["final_eval_s"]
-        totals["setup"] += row["setup_s"]
-        totals["loop_other"] += row["total_s"] - row["train_s"] - row["ldet_s"] - row["sampling_s"]
-    return {**totals, "runs": len(jobs), "rest": totals["wall"] - totals["work"] - totals["setup"]}
+    cfgs = [dict(j.cfg, progress=False) for j in jobs]
+    run_trajectory([dict(c, paths=dict(c["paths"], results=f"{tmp}/warm")) for c in cfgs], share_models=True)
+    t0 = time.perf_counter()
+    rows = run_trajectory(cfgs, share_models=True)
+    wall = time.perf_counter() - t0
+    passes = [json.loads(line) for line in (Path(tmp) / "work" / "smoke" / "passes.jsonl").read_text().splitlines()]
+    compute = sum(p["compute_s"] for p in passes)
+    return {"wall": wall, "work": compute, "setup": rows[0]["setup_s"], "runs": len(rows),
+            "loop_other": sum(p["wall_s"] for p in passes) - compute, "rest": wall - compute - rows[0]["setup_s"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<56}{1e3 * without:>8.1f}ms{1e3 * with_:>8.1f}ms{without / with_:>9.2f}x")
     with tempfile.TemporaryDirectory() as tmp:
         h = harness_overhead(args.overrides, tmp)
-    print(f"\nharness overhead of the smoke experiment's {h['runs']} TI runs (models loaded): wall {h['wall']:.2f} s, of which "
+    print(f"\nharness overhead of the smoke experiment's {h['runs']} TI runs as one trajectory (models loaded): "
+          f"wall {h['wall']:.2f} s, of which "
           f"training + L_det + evaluation {h['work']:.2f} s, setup {h['setup']:.2f} s, records and "
           f"checkpoints in the loop {h['loop_other']:.3f} s, other {h['rest']:.2f} s -> overhead "
           f"{100 * (h['wall'] - h['work']) / h['wall']:.1f} % (setup {100 * h['setup'] / h['wall']:.1f} %, "
@@ -213,9 +215,10 @@ def record(args) -> None:
     timing_profile.write(args.record, results, model, args.overrides)
     print(f"\nwrote {args.record}")
     for name in ("table1", "ablation_stochasticity", "ablation_eval_batch", "ablation_timesteps"):
-        jobs = expand(load_experiment(name), [])
+        exp = load_experiment(name)
         pf = Preflight()
-        pf.costs, pf.class_images_s, pf.profile = estimate(jobs, {"timing": str(args.record)}, 0)
+        pf.costs, pf.trajectories, pf.class_images_s, pf.profile = estimate(expand(exp, []), {"timing": str(args.record)},
+                                                                            0, exp.get("runs_per_job"))
         print(f"\nforecast of {name}:")
         print("\n".join(format_estimate(pf, {}, explain_missing=True)))
 

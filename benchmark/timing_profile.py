@@ -33,9 +33,9 @@ def measure(method: str, overrides: list[str], steps: int, blocks: int, every: i
     t0 = time.perf_counter()
     r = monitoring_cost(method, overrides, steps, blocks, every)
     trainer = r["trainer"]
-    trainer.evaluate(0, "in_loop")  # warm-up: the first call builds the pipeline
-    eval_s = timed(trainer, lambda: trainer.evaluate(0, "in_loop"))
-    n_images = len(trainer.train_prompts) + len(trainer.val_prompts)
+    trainer.evaluator.evaluate(0, "in_loop")  # warm-up: the first call builds the pipeline
+    eval_s = timed(trainer, lambda: trainer.evaluator.evaluate(0, "in_loop"))
+    n_images = len(trainer.evaluator.train_prompts) + len(trainer.evaluator.val_prompts)
     steps_scale = 50 / int(trainer.cfg["sampling"]["steps"])
     ldet_items = trainer.cfg["ldet"]["batch_size"] * trainer.cfg["ldet"]["accumulation"]
     out = {"update_s": r["plain"], "ldet_s": (r["every"] - r["plain"]) * 8 / ldet_items,
@@ -43,7 +43,7 @@ def measure(method: str, overrides: list[str], steps: int, blocks: int, every: i
            "setup_s": trainer.setup_s, "peak_gb": _peak_memory_gb(trainer.device), "wall_s": time.perf_counter() - t0,
            "eval_s": eval_s, "eval_images": n_images, "trainer": trainer}
     if method == "custom_diffusion":
-        sampler = trainer._make_sampler()
+        sampler = trainer.sampler()
         k = 4
         out["class_image_s"] = timed(trainer, lambda: sampler.generate(["photo of a dog"] * k)) / k * steps_scale
     return out
