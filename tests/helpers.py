@@ -50,3 +50,23 @@ TIMING = ("train_s", "ldet_s", "sampling_s", "wall_s", "scoring_s")
 
 def without_timing(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=[c for c in TIMING if c in df.columns]).sort_values("step").reset_index(drop=True)
+METHOD_NAMES = ["textual_inversion", "dreambooth_lora", "custom_diffusion"]
+
+
+def fitted(cfg: dict):
+    """Train one run and keep its live trajectory (models, method, data) for inspection."""
+    from benchmark.observer import Observer
+    from benchmark.train import Session
+
+    session = Session([Observer(cfg)], share_models=True)
+    session.run()
+    return session.trajectory, session.observers[0].row
+
+
+def set_up(cfg: dict):
+    """A trajectory set up (models loaded, method installed, data decoded), not trained."""
+    from benchmark.trajectory import Trajectory
+
+    t = Trajectory(cfg, share_models=True)
+    t.setup()
+    return t

@@ -75,17 +75,16 @@ def test_unknown_concept_suggests(tmp_path):
 def test_concept_captions_file(tmp_path):
     """A concept may bring its own captions (one per image, "{}" for the concept): training and the
     train-prompt evaluation use them instead of the generic templates."""
-    from benchmark.train import Trainer
+    from tests.helpers import set_up
 
     folder = concept_dir(tmp_path / "data")
     lines = [f"a toy number {i} like {{}} on a table" for i in range(4)]
     (folder / "captions.txt").write_text("\n".join(lines) + "\n")
     cfg = tiny_run_config("textual_inversion", "few_iters", tmp_path / "r", "concept=duck_toy", f"paths.data={tmp_path / 'data'}")
-    trainer = Trainer(cfg, share_models=True)
-    trainer.setup()
+    trainer = set_up(cfg)
     expected = [line.format("<duck_toy>") for line in lines]
     assert trainer.data.image_captions == expected
-    assert trainer.train_prompts == expected[: len(trainer.train_prompts)]
+    assert trainer.evaluator.train_prompts == expected[: len(trainer.evaluator.train_prompts)]
     import torch
 
     batch = trainer.data.sample(torch.Generator().manual_seed(0), 6)
@@ -93,4 +92,10 @@ def test_concept_captions_file(tmp_path):
 
     (folder / "captions.txt").write_text("only one {}\n")
     with pytest.raises(ConfigError, match=r"captions\.txt: needs one caption per image \(4\)"):
-        Trainer(cfg, share_models=True).setup()
+        set_up(cfg)
+
+
+def test_a_placeholder_that_is_already_a_word_is_refused(tmp_path):
+    cfg = tiny_run_config("textual_inversion", "few_iters", tmp_path / "r", "method.placeholder_token=photo")
+    with pytest.raises(ConfigError, match="method.placeholder_token 'photo' is already a word of the tokenizer"):
+        run(cfg, share_models=True)

@@ -11,10 +11,10 @@ from benchmark.config import cache_root
 from benchmark.methods import METHODS
 from benchmark.records import RUNS
 from benchmark.sampling import Sampler
-from benchmark.train import Trainer, run
-from tests.helpers import tiny_run_config
+from benchmark.train import run
+from tests.helpers import METHOD_NAMES, fitted, tiny_run_config
 
-METHOD_NAMES = ["textual_inversion", "dreambooth_lora", "custom_diffusion"]
+
 STRATEGY_NAMES = ["baseline", "clip_s", "few_iters", "few_iters_mean", "few_iters_max", "dvar"]
 
 
@@ -61,7 +61,7 @@ def test_every_method_and_strategy(method, strategy, results):
         assert row[metric] == pytest.approx(reported[metric]), metric
         assert np.isfinite(row[metric])
     f = records.partition_dir(results, "runs", {"experiment": "default", "method": method,
-                                                "strategy": s["label"]}) / f"{row['run_id']}.parquet"
+                                                "strategy": s["name"]}) / f"{row['run_id']}.parquet"
     assert pq.read_schema(f).metadata[b"schema_version"] == b"1"
     assert set(RUNS.names) <= set(pq.read_schema(f).names)
 
@@ -71,10 +71,9 @@ def test_saved_weights_reload_into_a_plain_pipeline(method, results):
     """The safetensors a run writes, loaded by diffusers' own loaders into a freshly loaded pipeline,
     reproduce the images of the trained model exactly."""
     cfg = tiny_run_config(method, "few_iters", results, "strategy.steps=3")
-    trainer = Trainer(cfg, share_models=True)
-    row = trainer.fit()
+    trainer, row = fitted(cfg)
     prompt = f"a photo of {trainer.method.subject} on the beach"
-    live = np.asarray(trainer._make_sampler().generate([prompt])[0], dtype=np.int16)
+    live = np.asarray(trainer.sampler().generate([prompt])[0], dtype=np.int16)
 
     fresh = load_backbone(cfg["model"], cache_root(cfg))
     sampler = Sampler(fresh, cfg["sampling"], trainer.device, trainer.autocast)
@@ -91,9 +90,8 @@ def test_saved_weights_reload_into_a_plain_pipeline(method, results):
 def test_custom_diffusion_without_random_rescale_weighs_every_pixel(results):
     """No rescale, no mask: the instance loss is the masked loss with a mask of ones (found by the
     toy sweep, which turns random rescale off)."""
-    trainer = Trainer(tiny_run_config("custom_diffusion", "few_iters", results, "strategy.steps=2",
-                                      "method.random_rescale=false"), share_models=True)
-    row = trainer.fit()
+    trainer, row = fitted(tiny_run_config("custom_diffusion", "few_iters", results, "strategy.steps=2",
+                                          "method.random_rescale=false"))
     assert row["status"] == "completed" and trainer.data.sample(trainer.generator, 2).mask is None
     pred, target = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     ones = torch.ones(2, 1, 8, 8)

@@ -6,15 +6,12 @@ import pytest
 import torch
 
 from benchmark.objective import SOURCES, EvalBatch
-from benchmark.train import Trainer
-from tests.helpers import tiny_run_config
+from tests.helpers import set_up, tiny_run_config
 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    t = Trainer(tiny_run_config("textual_inversion", "few_iters", tmp_path_factory.mktemp("r")), share_models=True)
-    t.setup()
-    return t
+    return set_up(tiny_run_config("textual_inversion", "few_iters", tmp_path_factory.mktemp("r")))
 
 
 def eval_batch(trainer, fixed: dict, size=4, accumulation=1, seed=7, intervals=False, forward_batch=0):

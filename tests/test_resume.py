@@ -13,7 +13,7 @@ import torch
 
 from benchmark import records
 from benchmark.train import run
-from tests.helpers import PROJECT_ROOT, SMALL_METHOD, TINY, tiny_run_config, without_timing
+from tests.helpers import PROJECT_ROOT, SMALL_METHOD, TINY, compose, tiny_run_config, without_timing
 
 RUN_KEYS = ["iterations", "reported_step", "stop_reason", "train_clip_img", "train_clip_txt", "val_clip_img",
             "val_clip_txt", "dino", "div"]
@@ -30,7 +30,7 @@ def kill_after_a_checkpoint(cmd: list[str], results: Path, min_step: int) -> int
     deadline = time.time() + 120
     step = -1
     while time.time() < deadline and proc.poll() is None:
-        for f in results.glob("work/*/*/checkpoint/state.pt"):
+        for f in results.glob("work/*/trajectories/*/snapshots/step*.meta.pt"):
             try:
                 step = torch.load(f, weights_only=False)["step"]
             except Exception:
@@ -71,4 +71,34 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         subprocess.run(command(base / "killed", method, strategy, extra), cwd=PROJECT_ROOT, check=True,
                        capture_output=True)
         check_same(base / "clean", base / "killed")
-        assert not list((base / "killed").glob("work/*/*/checkpoint")), "the checkpoint is removed once done"
+        assert not list((base / "killed").glob("work/*/trajectories/*")), "the snapshots are removed once done"
+
+
+def test_a_killed_shared_trajectory_resumes_to_the_records_of_standalone_runs(tmp_path):
+    """Baseline, CLIP-s and DVAR of one concept trained as one trajectory by a sweep, SIGKILLed after a
+    snapshot, launched again: every run's records equal its uninterrupted standalone run's."""
+    import yaml
+
+    strategies = {"baseline": [], "clip_s": [], "dvar": []}
+    overrides = [*TINY, "method.max_train_steps=14", "method.protocol.baseline.eval_every=4",
+                 "method.protocol.clip_s.eval_every=2", "method.protocol.clip_s.patience=2",
+                 "method.protocol.clip_s.eps=0.0", "method.protocol.dvar.window=4", "method.protocol.dvar.threshold=0.5",
+                 "checkpoint_every=3"]
+    exp = tmp_path / "shared.yaml"
+    exp.write_text("# python -m benchmark.sweep experiment=<this file>\n" + yaml.safe_dump(
+        {"overrides": overrides, "grid": {"method": ["textual_inversion"], "strategy": list(strategies),
+                                          "concept": ["sample_duck_toy"], "seed": [59]}}))
+    clean = tmp_path / "clean"
+    for strategy in strategies:
+        run(compose([*overrides, "experiment=shared", "method=textual_inversion", f"strategy={strategy}",
+                     f"paths.results={clean}"]), share_models=True)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "benchmark.sweep", f"experiment={exp}", f"paths.results={killed}"]
+    step = kill_after_a_checkpoint(cmd, killed, 6)
+    assert len(records.read(killed, "runs")) < 3, "killed before every run finished"
+    subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    for name in ("steps", "evals"):
+        pd.testing.assert_frame_equal(table(clean, name).sort_values(["run_id", "step"], kind="stable").reset_index(drop=True),
+                                      table(killed, name).sort_values(["run_id", "step"], kind="stable").reset_index(drop=True))
+    a, b = (records.read(r, "runs").sort_values("run_id").reset_index(drop=True) for r in (clean, killed))
+    assert a.run_id.tolist() == b.run_id.tolist() and a[RUN_KEYS].equals(b[RUN_KEYS])

@@ -59,7 +59,8 @@ def test_sweep_on_slurm_with_the_few_iters_phase(tmp_path):
     for row in runs.itertuples():
         assert list(steps[steps.run_id == row.run_id].sort_values("step").step) == list(range(row.iterations + 1))
     logs = list((results / "slurm" / "slurmini").rglob("*_log.out"))
-    assert len(logs) == 4, "one log file per job"
+    assert len(logs) == 2, "one job for the trajectory (CLIP-s, DVAR), one for its Few-iters branches"
+    assert len(set(runs.slurm_job_id)) == 2
     assert sweep(args) == 0 and len(records.read(results, "runs")) == 4, "nothing left to submit"
 
 
@@ -77,7 +78,7 @@ def test_preempted_job_requeues_and_resumes(tmp_path):
 
     deadline, step = time.time() + 180, -1
     while time.time() < deadline and step < 20:
-        for f in results.glob("work/preempt/*/checkpoint/state.pt"):
+        for f in results.glob("work/preempt/trajectories/*/snapshots/step*.meta.pt"):
             try:
                 step = torch.load(f, weights_only=False)["step"]
             except Exception:
