@@ -111,6 +111,21 @@ class Observer:
         self.best, self.timers, self.stopped = state["best"], state["timers"], state["stopped"]
         self.started_at = state["started_at"]
 
+    def records_reach(self, step: int) -> bool:
+        """Whether the run's flushed steps parts are intact and cover steps 0..`step` (it can resume
+        from a snapshot at `step`)."""
+        if any(records.part_problem(p) for p in self.paths.parts("evals")):
+            return False
+        reached = -1
+        for part in self.paths.parts("steps"):
+            first, last = records.part_range(part)
+            if first != reached + 1 or records.part_problem(part):
+                return False
+            reached = last
+            if reached >= step:
+                return True
+        return reached >= step
+
     def drop_parts(self, after: int = -1) -> None:
         """Delete record parts that reach past step `after` (all of them by default): they are
         recomputed, so parts of an interrupted attempt never mix in."""

@@ -8,15 +8,18 @@ Layout under the results root (hive partitions; concept and seed are columns):
 - steps: `<run_id>-<first step>-<last step>.parquet` parts, written at each checkpoint.
 - evals: the same naming as steps.
 
-Every file is written under a hidden temporary name and renamed into place, so a killed job never
-leaves a partial file for readers (they ignore names starting with "." or "_"). This module imports
-no torch: analysis reads the records through it.
+Every file is written under a hidden temporary name, fsynced and renamed into place, so a killed
+job never leaves a partial file for readers (they ignore names starting with "." or "_"). Each part
+states in its Parquet metadata the run, the step range and the row count, so a damaged file (a
+truncated copy, a bad disk) is found cheaply, from its footer; readers skip and name such files
+instead of failing. This module imports no torch: analysis reads the records through it.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -118,15 +121,50 @@ def part_name(run_id: str, first: int, last: int) -> str:
 
 
 def write_part(root: Path, table: str, keys: dict, name: str, rows: list[dict]) -> Path:
-    """Write rows as one immutable Parquet file, atomically (temp name + rename)."""
+    """Write rows as one immutable Parquet file, atomically (unique temp name, fsync, rename)."""
     schema = TABLES[table]
     folder = partition_dir(root, table, keys)
     folder.mkdir(parents=True, exist_ok=True)
-    data = pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)
+    steps = [r["step"] for r in rows if r.get("step") is not None]
+    meta = {"rows": str(len(rows)), "run_id": str(rows[0]["run_id"]),
+            "first_step": str(min(steps)) if steps else "", "last_step": str(max(steps)) if steps else ""}
+    data = pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows],
+                                schema=schema.with_metadata({**schema.metadata, **{k.encode(): v.encode() for k, v in meta.items()}}))
     tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(data, tmp)
+    with open(tmp, "wb") as f:
+        pq.write_table(data, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, folder / name)
     return folder / name
+
+
+def part_problem(path: Path) -> str | None:
+    """Why a part file cannot be trusted (unreadable footer, row count unlike its metadata), or None."""
+    try:
+        meta = pq.read_metadata(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        return f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0]})"
+    stated = (meta.metadata or {}).get(b"rows")
+    if stated is not None and int(stated) != meta.num_rows:
+        return f"{path}: {meta.num_rows} rows where the file states {int(stated)}"
+    return None
+
+
+def run_problems(root: Path, keys: dict, run_id: str, iterations: int) -> list[str]:
+    """What is wrong with a completed run's records: unreadable parts, or steps parts that do not
+    cover steps 0..iterations one after another. Empty when the run is intact."""
+    problems = [p for table in ("steps", "evals") for f in run_parts(root, table, keys, run_id)
+                if (p := part_problem(f))]
+    expected = 0
+    for f in run_parts(root, "steps", keys, run_id):
+        first, last = part_range(f)
+        if first != expected:
+            problems.append(f"{f}: starts at step {first}, the run's steps before it end at {expected - 1}")
+        expected = last + 1
+    if expected != iterations + 1:
+        problems.append(f"steps of run {run_id} end at step {expected - 1}, the run reports {iterations} iterations")
+    return problems
 
 
 def run_parts(root: Path, table: str, keys: dict, run_id: str) -> list[Path]:
@@ -166,13 +204,21 @@ def read_plan(root: Path, experiment: str) -> set[str] | None:
 
 
 def read(root: Path, table: str, experiment: str | None = None) -> pd.DataFrame:
-    """One table as a DataFrame with the partition columns; empty (with columns) if nothing is there."""
+    """One table as a DataFrame with the partition columns; empty (with columns) if nothing is there.
+    Damaged files are left out with a warning that names each one and the fix."""
     schema = TABLES[table]
     base = Path(root) / table
     part_fields = [pa.field(k, pa.string()) for k in PARTITIONS]
-    if not base.is_dir():
+    folder = base / f"experiment={experiment}" if experiment else base
+    files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith((".", "_"))) if folder.is_dir() else []
+    problems = [p for f in files if (p := part_problem(f))]
+    if problems:
+        bad = {p.split(": ", 1)[0] for p in problems}
+        files = [f for f in files if str(f) not in bad]
+        warnings.warn(f"{len(problems)} damaged {table} files left out (`python -m benchmark.sweep status` names the "
+                      f"runs; rerun them with --rerun-failed):\n  " + "\n  ".join(problems))
+    if not files:
         return pd.DataFrame({f.name: pd.Series(dtype=object) for f in [*part_fields, *schema]})
-    dataset = ds.dataset(base, format="parquet", schema=pa.schema([*schema, *part_fields]),
-                         partitioning=ds.partitioning(pa.schema(part_fields), flavor="hive"))
-    flt = (ds.field("experiment") == experiment) if experiment else None
-    return dataset.to_table(filter=flt).to_pandas()
+    dataset = ds.dataset([str(f) for f in files], format="parquet", schema=pa.schema([*schema, *part_fields]),
+                         partitioning=ds.partitioning(pa.schema(part_fields), flavor="hive"), partition_base_dir=str(base))
+    return dataset.to_table().to_pandas()

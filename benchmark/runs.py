@@ -8,14 +8,20 @@ log, weights and sample grids.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
+import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark import records
-from benchmark.config import results_root, run_id
+from benchmark.config import results_root, run_id, trajectory_id
+from benchmark.errors import ConfigError
 from benchmark.provenance import git_state, hostname, slurm_job_id, versions
 
 log = logging.getLogger("dvar")
@@ -32,7 +38,6 @@ class RunPaths:
         self.rid = rid or run_id(cfg)
         self.results = results_root(cfg)
         self.work = self.results / "work" / str(cfg["experiment"]) / self.rid
-        self.running = self.work / "RUNNING"  # present while a process works on the run
         self.weights = self.work / "weights"
         self.samples = self.work / "samples"
         self.log = self.work / "log.txt"
@@ -46,29 +51,168 @@ class RunPaths:
         return records.run_parts(self.results, table, self.keys, self.rid)
 
 
-def completed_record(cfg: dict) -> dict | None:
-    """The `runs` row of this exact config if it completed, else None ("done" is decided on disk)."""
+class Busy(RuntimeError):
+    """Another process owns the trajectory (and so its runs); the message names it."""
+
+
+def lock_file(cfg: dict) -> Path:
+    """One lock per trajectory: every process that works on a run holds its trajectory's lock."""
+    return results_root(cfg) / "work" / str(cfg["experiment"]) / "locks" / f"{trajectory_id(cfg)}.lock"
+
+
+def owner() -> dict:
+    return {"host": hostname(), "pid": os.getpid(), "slurm_job_id": slurm_job_id(), "since": now().isoformat()}
+
+
+def describe_owner(info: dict) -> str:
+    job = f", Slurm job {info['slurm_job_id']}" if info.get("slurm_job_id") else ""
+    return f"{info.get('host', '?')} pid {info.get('pid', '?')}{job}, since {info.get('since', '?')}"
+
+
+@contextlib.contextmanager
+def owning(cfg: dict):
+    """Hold the trajectory's lock (fcntl.flock: released by the OS when the process dies, so a dead
+    owner never blocks, and a recycled PID never fools it). It works on local disks and NFS; on
+    Lustre only when mounted with `-o flock`. Raises Busy, naming the owner, when another process
+    holds it."""
+    path = lock_file(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                info = json.loads(f.read() or "{}")
+            except ValueError:
+                info = {}
+            raise Busy(f"run {run_id(cfg)} ({cfg['method']['name']}/{cfg['strategy']['name']}/{cfg['concept']}) is being "
+                       f"worked on by {describe_owner(info)}; this launch leaves it alone.") from None
+        except OSError as err:
+            if err.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise ConfigError(f"{path}: the filesystem of paths.results does not support file locks ({err}); "
+                                  "a run needs one owner. Use a results folder on a local disk or NFS, or a Lustre "
+                                  "mount with -o flock.") from err
+            raise
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(owner()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def held(cfg: dict) -> dict | None:
+    """The owner of the run's trajectory if a live process holds its lock, else None. Reads only."""
+    path = lock_file(cfg)
+    if not path.exists():
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return json.loads(f.read() or "{}")
+            except ValueError:
+                return {}
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def read_row(cfg: dict) -> dict | None:
+    """The run's `runs` row, or None (also when the file is damaged: the run is then not done)."""
     f = RunPaths(cfg).runs_file()
-    if not f.exists():
+    if not f.exists() or records.part_problem(f):
         return None
     import pyarrow.parquet as pq
 
-    row = pq.read_table(f).to_pylist()[0]
-    return row if row["status"] == "completed" else None
+    return pq.read_table(f).to_pylist()[0]
+
+
+def completed_record(cfg: dict) -> dict | None:
+    """The `runs` row of this exact config if it completed and its records are intact, else None
+    ("done" is decided on disk)."""
+    row = read_row(cfg)
+    if row is None or row["status"] != "completed":
+        return None
+    paths = RunPaths(cfg)
+    return None if records.run_problems(paths.results, paths.keys, paths.rid, row["iterations"]) else row
+
+
+def set_aside(cfg: dict) -> Path | None:
+    """Move a run's records and folder to <results>/replaced/<time>/ (a forced rerun, or a damaged
+    run about to be rerun): never deleted, out of the way of the new attempt."""
+    paths = RunPaths(cfg)
+    files = [paths.runs_file(), *paths.parts("steps"), *paths.parts("evals")]
+    files = [f for f in files if f.exists()]
+    if not files and not paths.work.exists():
+        return None
+    dest = paths.results / "replaced" / now().strftime("%Y%m%dT%H%M%S%f")
+    for f in files:
+        target = dest / f.relative_to(paths.results)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
+    if paths.work.exists():
+        target = dest / paths.work.relative_to(paths.results)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(paths.work), target)
+    log.info("run %s: earlier records moved to %s", paths.rid, dest)
+    return dest
+
+
+def clean_leftovers(cfg: dict, snapshots: Path) -> None:
+    """Temporary files of writes a killed process never finished (they are never read)."""
+    paths = RunPaths(cfg)
+    for folder in {records.partition_dir(paths.results, t, paths.keys) for t in records.TABLES} | {snapshots, paths.work}:
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+
+
+def writable(path: Path) -> bool:
+    """Whether `path` can be created or written, judged from its nearest existing parent (no writes)."""
+    path = Path(path).expanduser().absolute()
+    while not path.exists():
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def check_inputs(cfg: dict) -> None:
+    """What can be wrong before anything is written: the concept's images and captions decode, the
+    results folder can be written."""
+    from benchmark.concepts.images import load_concept_images, read_captions
+    from benchmark.concepts.manifest import concept_folder
+
+    folder = concept_folder(cfg["concept"], Path(cfg["paths"]["data"]))
+    read_captions(folder, len(load_concept_images(folder)), with_subject=True)
+    root = results_root(cfg)
+    try:  # the one real test of writability (permissions, read-only mounts, /proc): create and remove a file
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=root).close()
+    except OSError as err:
+        raise ConfigError(f"paths.results={root}: not writable ({err.strerror}); choose a folder you can write "
+                          "(it is created if missing).") from err
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write, fsync, rename: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_run_files(cfg: dict, paths: RunPaths) -> None:
     paths.work.mkdir(parents=True, exist_ok=True)
     sha, dirty = git_state()
-    (paths.work / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True, default=str))
-    (paths.work / "provenance.json").write_text(json.dumps(
+    write_text_atomic(paths.work / "config.json", json.dumps(cfg, indent=1, sort_keys=True, default=str))
+    write_text_atomic(paths.work / "provenance.json", json.dumps(
         {"git_sha": sha, "git_dirty": dirty, "versions": versions(), "hostname": hostname(),
          "slurm_job_id": slurm_job_id()}, indent=1))
-
-
-def mark_running(paths: RunPaths) -> None:
-    paths.running.write_text(json.dumps({"host": hostname(), "pid": os.getpid(), "slurm_job_id": slurm_job_id(),
-                                         "since": now().isoformat()}))
 
 
 def open_log(paths: RunPaths) -> logging.FileHandler:
@@ -85,7 +229,11 @@ def close_log(handler: logging.FileHandler) -> None:
 
 
 def record_failure(cfg: dict, paths: RunPaths, err: BaseException, started_at: datetime) -> None:
-    """A `runs` row with status=failed, so `status` lists the run and its error."""
+    """A `runs` row with status=failed, so `status` lists the run and its error (never over a
+    completed one)."""
+    done = read_row(cfg)
+    if done is not None and done["status"] == "completed":
+        return
     row = {"run_id": paths.rid, "concept": cfg["concept"], "seed": cfg["seed"], "model": cfg["model"]["name"],
            "status": "failed", "error": f"{type(err).__name__}: {err}",
            "config_json": json.dumps(cfg, sort_keys=True, default=str), "started_at": started_at,

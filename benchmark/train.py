@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -29,10 +30,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from benchmark import records
 from benchmark.config import resolve, results_root, run_id, trajectory_id, validate
 from benchmark.errors import ConfigError
 from benchmark.observer import Observer
-from benchmark.runs import close_log, completed_record, mark_running, open_log, record_failure, write_run_files
+from benchmark.runs import (RunPaths, check_inputs, clean_leftovers, close_log, completed_record, open_log, owning,
+                            read_row, record_failure, set_aside, write_run_files)
 from benchmark.trajectory import Trajectory
 
 log = logging.getLogger("dvar")
@@ -48,28 +51,44 @@ def run(cfg, share_models: bool = False, force: bool = False) -> dict:
 
 
 def run_trajectory(cfgs: list, share_models: bool = False, force: bool = False, keep_snapshots: bool = False) -> list[dict]:
-    """Run the runs of one trajectory together; returns their `runs` rows in order. Completed runs
-    are skipped (unless `force`). `keep_snapshots`: more runs will branch from this trajectory later
-    (derived Few-iters), so its snapshots stay after the pass."""
+    """Run the runs of one trajectory together; returns their `runs` rows in order.
+
+    Bad input fails before anything is written. The process then owns the trajectory (a lock; a
+    second launch gets `Busy`, naming the owner) before it reads or moves any record. Completed,
+    intact runs are skipped; `force` moves their records aside to <results>/replaced/ and runs them
+    again, as does a completed run whose records are damaged. `keep_snapshots`: more runs will branch
+    from this trajectory later (derived Few-iters), so its snapshots stay after the pass."""
     cfgs = [resolve(c) for c in cfgs]
     for cfg in cfgs:
         validate(cfg)
     if len({trajectory_id(c) for c in cfgs}) != 1:
         raise ValueError("run_trajectory: the configs belong to different trajectories")
-    rows, observers = {}, []
-    for cfg in cfgs:
-        done = None if force else completed_record(cfg)
-        if done is not None:
-            log.info("run %s already completed; skipping (force=true reruns it)", done["run_id"])
-            rows[done["run_id"]] = done
-        else:
+    check_inputs(cfgs[0])
+    with owning(cfgs[0]):
+        for cfg in cfgs:
+            clean_leftovers(cfg, trajectory_dir(cfg) / "snapshots")
+        rows, observers = {}, []
+        for cfg in cfgs:
+            done = None if force else completed_record(cfg)
+            if done is not None:
+                log.info("run %s already completed; skipping (force=true reruns it)", done["run_id"])
+                rows[done["run_id"]] = done
+                continue
+            row = read_row(cfg)
+            if force or (row is not None and row["status"] == "completed") or damaged_parts(cfg):
+                set_aside(cfg)  # a forced rerun, or records found damaged: kept, out of the way
             observers.append(Observer(cfg))
-    if observers:
-        Session(observers, share_models).run()
-        rows.update({o.rid: o.row for o in observers})
-    if not keep_snapshots:
-        shutil.rmtree(trajectory_dir(cfgs[0]), ignore_errors=True)
+        if observers:
+            Session(observers, share_models).run()
+            rows.update({o.rid: o.row for o in observers})
+        if not keep_snapshots:
+            shutil.rmtree(trajectory_dir(cfgs[0]), ignore_errors=True)
     return [rows[run_id(c)] for c in cfgs]
+
+
+def damaged_parts(cfg: dict) -> bool:
+    paths = RunPaths(cfg)
+    return any(records.part_problem(f) for t in ("steps", "evals") for f in paths.parts(t))
 
 
 class Session:
@@ -93,7 +112,6 @@ class Session:
             setup_error = err
         for o in self.observers:
             write_run_files(o.cfg, o.paths)
-            mark_running(o.paths)
             self.logs[o.rid] = open_log(o.paths)
         try:
             if setup_error is not None:
@@ -111,30 +129,30 @@ class Session:
                 self.release(o)
 
     def release(self, o: Observer) -> None:
-        o.paths.running.unlink(missing_ok=True)
         if o.rid in self.logs:
             close_log(self.logs.pop(o.rid))
 
     def plan(self) -> list[tuple[list[Observer], dict | None]]:
-        """(observers, snapshot meta or None for step 0) per pass. The runs that decide as they go
-        resume together from the latest snapshot that holds them all (or start at step 0); a run that
-        decides nothing before its budget (Few-iters) rides along where it can join that start, else
-        branches from the latest snapshot at or before its budget: one pass per starting snapshot."""
+        """(observers, snapshot meta or None for step 0) per pass. A run that decides as it goes
+        resumes from the latest snapshot that holds it and whose records it still has intact (else
+        from step 0); a run that decides nothing before its budget (Few-iters) rides along with a
+        pass it can join, else branches from the latest snapshot at or before its budget. One pass
+        per starting snapshot."""
         metas = [load_snapshot(f) for f in sorted(self.snapshots.glob("step*.meta.pt"), reverse=True)]
-        deciding = [o for o in self.observers if not o.fixed_budget]
         passes: dict[int, tuple[dict | None, list[Observer]]] = {}
-        start = None
-        if deciding:
-            start = next((m for m in metas if all(o.rid in m["observers"] for o in deciding)), None)
-            passes[start["step"] if start else 0] = (start, list(deciding))
         for o in self.observers:
             if not o.fixed_budget:
-                continue
-            if deciding and (start is None or o.can_join(start["trace"], start["step"])):
-                passes[start["step"] if start else 0][1].append(o)
-                continue
-            best = next((m for m in metas if o.can_join(m["trace"], m["step"])), None)
-            passes.setdefault(best["step"] if best else 0, (best, []))[1].append(o)
+                meta = next((m for m in metas if o.rid in m["observers"] and o.records_reach(m["step"])), None)
+                passes.setdefault(meta["step"] if meta else 0, (meta, []))[1].append(o)
+        for o in self.observers:
+            if o.fixed_budget:
+                ride = [step for step, (meta, riders) in passes.items()
+                        if any(not r.fixed_budget for r in riders) and o.can_join(meta["trace"] if meta else [], step)]
+                if ride:
+                    passes[max(ride)][1].append(o)
+                    continue
+                meta = next((m for m in metas if o.can_join(m["trace"], m["step"])), None)
+                passes.setdefault(meta["step"] if meta else 0, (meta, []))[1].append(o)
         return [(observers, meta) for _, (meta, observers) in sorted(passes.items())]
 
 
@@ -171,10 +189,10 @@ class Pass:
         t.load_state(state["trajectory"])
         self.trace = list(self.meta["trace"])
         for o in self.observers:
-            if o.rid in state["observers"]:
+            if o.rid in state["observers"] and o.records_reach(step):
                 o.load_state(state["observers"][o.rid])
                 o.drop_parts(after=step)
-            else:
+            else:  # a fixed-budget run (Session.plan): its earlier rows come from the trace
                 o.drop_parts()
                 o.join(self.trace)
         log.info("trajectory %s resumed from step %d for %s", trajectory_id(self.cfg), step,
@@ -281,9 +299,12 @@ def record_pass(cfg: dict, entry: dict) -> None:
 
 
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def load_snapshot(path: Path) -> dict:
