@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
 
 from benchmark.errors import ConfigError
-from benchmark.registry import unknown_name_error
+from benchmark.registry import did_you_mean, unknown_name_error
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -48,11 +49,38 @@ def compose(overrides: list[str]) -> dict:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
-            return resolve(hydra_compose(config_name="run", overrides=list(overrides)))
+            cfg = resolve(hydra_compose(config_name="run", overrides=list(overrides)))
         except HydraException as err:
             first = str(err).splitlines()[0]
             raise ConfigError(f"bad override: {first} (`python -m benchmark.run --help` lists the groups and keys).") \
                 from err
+    refuse_new_keys(overrides, [o for o in overrides if not o.startswith("+")])
+    return cfg
+
+
+# The only places where a config may gain keys (`+key=value`): free-form dicts passed on as they are.
+OPEN_KEYS = ("launcher.additional_parameters", "metrics.dino.kwargs", "metrics.clip.config")
+
+
+def refuse_new_keys(overrides: list[str], known: list[str]) -> None:
+    """A `+key=value` that adds a key nothing reads would change the run id and do nothing."""
+    added = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+")]
+    added = [k for k in added if not any(k == p or k.startswith(p + ".") for p in OPEN_KEYS)]
+    if not added:
+        return
+    base = compose(known)
+    problems = []
+    for key in added:
+        parent, _, leaf = key.rpartition(".")
+        node = base
+        for part in parent.split(".") if parent else []:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and leaf in node:
+            continue  # `+` on a key that exists: Hydra refuses it itself
+        choices = [f"{parent}.{k}" if parent else k for k in (node if isinstance(node, dict) else {})]
+        problems.append(f"unknown config key `{key}` (from `+{key}=...`): nothing reads it, so it would change the "
+                        f"run id and do nothing.{did_you_mean(key, choices)}")
+    raise ConfigError(" ".join(problems))
 
 
 def _drop(cfg: dict, dotted: str) -> None:
@@ -66,11 +94,42 @@ def _drop(cfg: dict, dotted: str) -> None:
 
 
 def semantic(cfg: dict) -> dict:
+    """What a run computes from: the config without paths, devices and logging, plus the content of
+    the concept's images (new images make a new run, not one skipped as done)."""
     out = copy.deepcopy(cfg)
     for key in NON_SEMANTIC:
         _drop(out, key)
     out.pop("hydra", None)
+    if "concept" in cfg and "paths" in cfg:
+        out["concept_images"] = concept_images(str(cfg["concept"]), str(cfg["paths"]["data"]))
     return out
+
+
+def concept_images(concept: str, data: str) -> str | None:
+    """A digest of the concept's image files, or None while they are not there (not fetched yet)."""
+    from benchmark.concepts.images import images_digest
+    from benchmark.concepts.manifest import load_manifest
+
+    known = load_manifest().get(concept)
+    folder = known.folder(Path(data)) if known else None
+    if folder is None or not folder.is_dir():
+        return None
+    try:
+        stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()))
+    except OSError:
+        return None
+    return _digest(str(folder), stamp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(folder: str, stamp: tuple) -> str | None:
+    """Cached per folder state (names, sizes, modification times): each image is hashed once."""
+    from benchmark.concepts.images import images_digest
+
+    try:
+        return images_digest(Path(folder))
+    except (ConfigError, OSError):
+        return None
 
 
 # What a strategy and its L_det evaluation batch own: runs that differ only here follow the same
@@ -97,6 +156,21 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_can_act(strategy) -> None:
+    """Settings under which a strategy could never stop before its budget are refused."""
+    s = strategy.cfg
+    if strategy.name == "dvar":
+        _check(s["window"] <= strategy.max_steps,
+               f"strategy.window={s['window']} exceeds strategy.max_steps={strategy.max_steps}: DVAR could never stop "
+               "before its budget. Lower strategy.window or raise strategy.max_steps.")
+    if strategy.name == "clip_s":
+        earliest = s["eval_every"] * (s["patience"] + 2)
+        _check(earliest <= strategy.max_steps,
+               f"CLIP-s evaluates every {s['eval_every']} steps with patience {s['patience']}, so it could stop at step "
+               f"{earliest} at the earliest, beyond strategy.max_steps={strategy.max_steps}. Lower strategy.eval_every "
+               "or strategy.patience, or raise strategy.max_steps.")
+
+
 def validate(cfg: dict) -> None:
     """Every check that can fail before loading a model; errors name the key and the fix."""
     from benchmark.concepts.manifest import get_concept
@@ -108,7 +182,11 @@ def validate(cfg: dict) -> None:
         _check(key in cfg, f"Config has no `{key}` section; run through `python -m benchmark.run` "
                            "or compose conf/run.yaml.")
     METHODS.get(cfg["method"]["name"])
-    strategy = make_strategy(cfg["strategy"], int(cfg["ldet"]["every"]))
+    every = cfg["ldet"].get("every")
+    _check(isinstance(every, int) and not isinstance(every, bool) and every >= 1,
+           f"ldet.every must be a positive integer (got {every!r}).")
+    strategy = make_strategy(cfg["strategy"], every)
+    _check_can_act(strategy)
     get_concept(cfg["concept"])
     model_name = cfg["model"].get("name")
     _check(bool(cfg["model"].get("pretrained") or cfg["model"].get("build")),

@@ -17,6 +17,15 @@ import numpy as np
 from benchmark.errors import ConfigError
 
 
+def _integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) or \
+        isinstance(value, float) and value.is_integer()
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
 class Criterion:
     signal: str = ""  # name of the logged series the criterion consumes
     name: str = ""
@@ -68,14 +77,14 @@ class DVAR(Criterion):
 
     def __init__(self, window: int, threshold: float, stride: int = 1):
         super().__init__()
-        if int(window) != window or window <= 1:
-            raise ConfigError(f"DVAR window must be an integer > 1 (got {window}); set strategy.window.")
-        if not 0.0 < threshold < 1.0:
+        if not _integer(window) or window <= 1:
+            raise ConfigError(f"DVAR window must be an integer > 1 (got {window!r}); set strategy.window.")
+        if not _number(threshold) or not 0.0 < threshold < 1.0:
             raise ConfigError(
-                f"DVAR threshold alpha must lie in (0, 1) (got {threshold}); set strategy.threshold."
+                f"DVAR threshold alpha must be a number in (0, 1) (got {threshold!r}); set strategy.threshold."
             )
-        if int(stride) != stride or stride < 1:
-            raise ConfigError(f"L_det stride must be an integer >= 1 (got {stride}); set strategy.every.")
+        if not _integer(stride) or stride < 1:
+            raise ConfigError(f"L_det stride must be an integer >= 1 (got {stride!r}); set ldet.every.")
         self.window = int(window)
         self.threshold = float(threshold)
         self.stride = int(stride)
@@ -106,10 +115,10 @@ class ClipS(Criterion):
 
     def __init__(self, patience: int, eps: float):
         super().__init__()
-        if int(patience) != patience or patience < 0:
-            raise ConfigError(f"CLIP-s patience must be an integer >= 0 (got {patience}); set strategy.patience.")
-        if eps < 0:
-            raise ConfigError(f"CLIP-s eps must be >= 0 (got {eps}); set strategy.eps.")
+        if not _integer(patience) or patience < 0:
+            raise ConfigError(f"CLIP-s patience must be an integer >= 0 (got {patience!r}); set strategy.patience.")
+        if not _number(eps) or eps < 0:
+            raise ConfigError(f"CLIP-s eps must be a number >= 0 (got {eps!r}); set strategy.eps.")
         self.patience = int(patience)
         self.eps = float(eps)
         self.best: float | None = None
@@ -134,8 +143,10 @@ class _WindowCriterion(Criterion):
 
     def __init__(self, window: int, threshold: float):
         super().__init__()
-        if int(window) != window or window <= 1:
-            raise ConfigError(f"{self.name} window must be an integer > 1 (got {window}).")
+        if not _integer(window) or window <= 1:
+            raise ConfigError(f"{self.name} window must be an integer > 1 (got {window!r}).")
+        if not _number(threshold):
+            raise ConfigError(f"{self.name} threshold must be a number (got {threshold!r}).")
         self.window = int(window)
         self.threshold = float(threshold)
         self.history: list[float] = []

@@ -28,8 +28,8 @@ def attempt(results: Path, data: Path, concept: str = "duck_toy"):
 
 
 def assert_nothing_recorded(results: Path):
-    for table in ("runs", "steps", "evals"):
-        assert not (results / table).exists(), f"{table} written although the run never trained"
+    assert not results.exists() or not any(results.iterdir()), f"written although the run never started: " \
+        f"{sorted(p.relative_to(results) for p in results.rglob('*'))[:5]}"
 
 
 def test_missing_concept_folder_names_the_fetch_command(tmp_path):
@@ -99,3 +99,80 @@ def test_a_placeholder_that_is_already_a_word_is_refused(tmp_path):
     cfg = tiny_run_config("textual_inversion", "few_iters", tmp_path / "r", "method.placeholder_token=photo")
     with pytest.raises(ConfigError, match="method.placeholder_token 'photo' is already a word of the tokenizer"):
         run(cfg, share_models=True)
+
+
+def bomb_png(path: Path, side: int = 20000) -> None:
+    """A valid PNG header declaring side x side pixels: what PIL refuses to decode (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_named_by_the_run_and_by_validate(tmp_path):
+    folder = concept_dir(tmp_path / "data")
+    bomb_png(folder / "huge.png")
+    with pytest.raises(ConfigError, match=r"huge\.png: the image declares more pixels than PIL decodes safely"):
+        attempt(tmp_path / "results", tmp_path / "data")
+    assert_nothing_recorded(tmp_path / "results")
+    proc = cli(["-m", "benchmark.concepts", "validate", "duck_toy", "--data", str(tmp_path / "data")])
+    assert proc.returncode == 1 and "huge.png" in proc.stdout and "more pixels than PIL decodes safely" in proc.stdout
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: (f / "broken.jpg").symlink_to(f / "nowhere.jpg"), r"broken\.jpg: a broken link, named like an image"),
+    (lambda f: (f / "x.jpg").mkdir(), r"x\.jpg: not a file, named like an image"),
+    (lambda f: shutil.copy(f / "00.jpg", f / "copy.jpg"), r"copy\.jpg: an exact duplicate of 00\.jpg"),
+])
+def test_entries_that_are_not_usable_images_are_errors(tmp_path, make, message):
+    folder = concept_dir(tmp_path / "data")
+    make(folder)
+    with pytest.raises(ConfigError, match=message):
+        attempt(tmp_path / "results", tmp_path / "data")
+    assert_nothing_recorded(tmp_path / "results")
+
+
+def cli(args: list[str]):
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import PROJECT_ROOT
+
+    return subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.learning_rate=abc", "method.learning_rate must be a number > 0 (got 'abc')"),
+    ("strategy.threshold=abc", "DVAR threshold alpha must be a number in (0, 1) (got 'abc'); set strategy.threshold"),
+    ("strategy.window=abc", "DVAR window must be an integer > 1 (got 'abc'); set strategy.window"),
+    ("ldet.every=0", "ldet.every must be a positive integer (got 0)"),
+    ("+strategy.windw=3", "unknown config key `strategy.windw`"),
+    ("strategy.window=100000", "strategy.window=100000 exceeds strategy.max_steps=4: DVAR could never stop"),
+    ("paths.results=/proc/results", "paths.results=/proc/results: not writable"),
+])
+def test_bad_values_get_one_line_and_write_nothing(tmp_path, override, message):
+    results = tmp_path / "results"
+    proc = cli(["-m", "benchmark.run", "model=tiny", "metrics=tiny", "strategy=dvar", "strategy.max_steps=4", "strategy.window=3",
+                f"paths.results={results}", override])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in proc.stderr
+    assert_nothing_recorded(results)
+
+
+def test_new_images_make_a_new_run(tmp_path):
+    from benchmark.config import run_id
+
+    folder = concept_dir(tmp_path / "data")
+    cfg = tiny_run_config("textual_inversion", "few_iters", tmp_path / "r", "concept=duck_toy",
+                          f"paths.data={tmp_path / 'data'}")
+    before = run_id(cfg)
+    Image.open(folder / "00.jpg").transpose(Image.FLIP_LEFT_RIGHT).save(folder / "00.jpg")
+    assert run_id(cfg) != before, "the images are part of what identifies a run"

@@ -190,7 +190,7 @@ def test_validate_names_every_problem(awkward):
     assert by_name["truncated.jpg"].level == "error" and "truncated" in by_name["truncated.jpg"].detail
     assert by_name["notes.jpg"].level == "error" and "not an image" in by_name["notes.jpg"].detail
     assert by_name["dot.png"].level == "error" and "1x1" in by_name["dot.png"].detail
-    assert by_name["good_copy.jpg"].level == "warning" and "duplicate of good.jpg" in by_name["good_copy.jpg"].detail
+    assert by_name["good_copy.jpg"].level == "error" and "duplicate of good.jpg" in by_name["good_copy.jpg"].detail
     assert by_name["readme.txt"].level == "warning"
     assert "EXIF orientation 6" in by_name["rotated.jpg"].detail
     assert "CMYK -> RGB" in by_name["cmyk.jpg"].detail

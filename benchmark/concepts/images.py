@@ -17,9 +17,14 @@ MIN_SIDE = 32  # smaller images cannot be meaningfully resized to the training r
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image-like files of a concept folder in sorted order (hidden files and sidecars skipped)."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image-like files of a concept folder in sorted order (hidden files and sidecars skipped). An
+    entry named like an image that is not a readable file (a broken link, a folder) is an error."""
+    named = sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    for p in named:
+        if not p.is_file():
+            what = "a broken link" if p.is_symlink() and not p.exists() else "not a file"
+            raise ConfigError(f"{p}: {what}, named like an image. Remove it or put the image there.")
+    return named
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -50,6 +55,9 @@ def decode_image(path: Path) -> Image.Image:
             image = to_rgb(image)
     except UnidentifiedImageError as err:
         raise ConfigError(f"{path}: not an image file ({err}). Remove it from the concept folder.") from err
+    except Image.DecompressionBombError as err:
+        raise ConfigError(f"{path}: the image declares more pixels than PIL decodes safely ({err}). A photo of a "
+                          "concept is far smaller: replace the file with the original photo.") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise ConfigError(
             f"{path}: cannot decode the image ({err}). Re-fetch or replace the file "
@@ -70,7 +78,31 @@ def load_concept_images(folder: Path) -> list[tuple[Path, Image.Image]]:
             f"Concept folder {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}). "
             "Fetch the concept again or point paths.data at the right folder."
         )
+    seen: dict[str, Path] = {}
+    for p in files:  # a duplicate would count twice in training and in CLIP img
+        digest = file_sha256(p)
+        if digest in seen:
+            raise ConfigError(f"{p}: an exact duplicate of {seen[digest].name}. Remove one of the two.")
+        seen[digest] = p
     return [(p, decode_image(p)) for p in files]
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def images_digest(folder: Path) -> str:
+    """One hash of the concept's image files (names and bytes): part of what identifies a run, so
+    new or changed images make a new run instead of one skipped as done."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in image_files(folder):
+        h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def read_captions(folder: Path, n_images: int, with_subject: bool = False) -> list[str] | None:

@@ -78,7 +78,12 @@ def validate_folder(name: str, folder: Path, expected: int | None = None,
     if not report.folder.is_dir():
         report.problems.append(f"folder {folder} does not exist")
         return report
-    files = image_files(folder)
+    try:
+        files = image_files(folder)
+    except ConfigError as err:
+        report.problems.append(str(err))
+        files = [p for p in sorted(report.folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                 and not p.name.startswith(".")]
     others = [p for p in sorted(report.folder.iterdir())
               if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_SUFFIXES]
     if not files:
@@ -90,7 +95,7 @@ def validate_folder(name: str, folder: Path, expected: int | None = None,
         if pinned and path.name in pinned and pinned[path.name] != digest:
             r = FileReport(path, "error", "differs from the published file (sha256 mismatch); fetch it again")
         elif r.level != "error" and digest in seen:
-            r = FileReport(path, "warning", f"exact duplicate of {seen[digest].name}")
+            r = FileReport(path, "error", f"exact duplicate of {seen[digest].name}; remove one of the two")
         seen.setdefault(digest, path)
         report.files.append(r)
     for path in others:

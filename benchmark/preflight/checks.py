@@ -80,6 +80,7 @@ def class_images(cfgs: list[dict]) -> tuple[list[str], int]:
     from benchmark.concepts.images import image_files
     from benchmark.concepts.manifest import get_concept
     from benchmark.config import cache_root
+    from benchmark.runs import writable
 
     problems, missing = [], {}
     for cfg in cfgs:
@@ -107,15 +108,9 @@ def class_images(cfgs: list[dict]) -> tuple[list[str], int]:
     return problems, sum(missing.values())
 
 
-def writable(path: Path) -> bool:
-    """Whether `path` can be created or written, judged from its nearest existing parent (no writes)."""
-    path = Path(path).expanduser().absolute()
-    while not path.exists():
-        path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
-
-
 def results_folder(results: Path) -> list[str]:
+    from benchmark.runs import writable
+
     if writable(results):
         return []
     return [f"paths.results={results}: not writable by this user; choose a folder you can write (it is created "
