@@ -3,6 +3,7 @@
 Skipped where `sinfo` does not answer, so the rest of the suite runs anywhere.
 """
 
+import json
 import shutil
 import subprocess
 import time
@@ -111,3 +112,53 @@ def test_preflight_checks_the_partition_before_anything_is_submitted(tmp_path, c
     assert sweep(["preflight", "experiment=smoke", "launcher=slurm", "launcher.partition=nope"]) == 2
     assert "launcher.partition=nope: no such partition here; sinfo lists debug" in capsys.readouterr().err
     assert not list(tmp_path.iterdir()), "the preflight writes nothing"
+
+
+def wait_for_state(job: str, state: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.split()
+        if state in out:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"job {job} never reached {state}")
+
+
+def test_a_cancelled_clip_s_run_resubmitted_while_few_iters_wait(tmp_path, capsys):
+    """CLIP-s of seed 59 is cancelled while seed 60's still runs (suspended, so that the Few-iters
+    array surely waits in the queue); `--rerun-failed` resubmits it: the queued Few-iters array
+    waits for the new job too, and all of them complete."""
+    results = tmp_path / "results"
+    exp = {"overrides": [*TINY, "method.max_train_steps=12", "method.protocol.clip_s.eval_every=3",
+                         "method.protocol.clip_s.patience=2", "method.protocol.clip_s.eps=0.5",
+                         "sampling.n_val_prompts=1"],
+           "grid": {"method": ["textual_inversion"], "strategy": ["clip_s", "few_iters_mean", "few_iters_max"],
+                    "concept": ["sample_duck_toy"], "seed": [59, 60]}}
+    path = tmp_path / "resub.yaml"
+    path.write_text("# python -m benchmark.sweep experiment=<this file> launcher=slurm\n" + yaml.safe_dump(exp))
+    args = [f"experiment={path}", f"paths.results={results}", *LAUNCHER]
+    assert sweep(args) == 0
+    submitted = json.loads((results / "work" / "resub" / "submitted.json").read_text())
+    victim = submitted["textual_inversion/clip_s/sample_duck_toy/seed59"]
+    other = submitted["textual_inversion/clip_s/sample_duck_toy/seed60"]
+    wait_for_state(other, "RUNNING")
+    subprocess.run(["scontrol", "suspend", other], check=True)
+    subprocess.run(["scancel", victim], check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        capsys.readouterr()
+        sweep(["status", *args])
+        if "1 cancelled" in capsys.readouterr().out:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the cancelled run never showed as cancelled")
+    wait_for_state(submitted["textual_inversion/few_iters_max/sample_duck_toy/seed59"], "PENDING")
+    resubmit = [*args, "--rerun-failed", "--wait"]
+    subprocess.Popen(["bash", "-c", f"sleep 8; scontrol resume {other}"])  # seed 60 goes on while we resubmit
+    assert sweep(resubmit) == 0
+    assert "now also wait for" in capsys.readouterr().out
+    runs = records.read(results, "runs")
+    assert len(runs) == 6 and (runs.status == "completed").all()
+    clip = runs[runs.strategy == "clip_s"].iterations
+    assert (runs[runs.strategy == "few_iters_max"].iterations == clip.max()).all()

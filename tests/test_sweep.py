@@ -70,7 +70,7 @@ def test_failed_runs_are_listed_and_rerun_on_demand(tmp_path, capsys):
     args = [f"experiment={exp}", f"paths.results={results}"]
     assert sweep(args) == 1
     out = capsys.readouterr().out
-    assert "1 done, 1 failed" in out and "failed runs" in out and "no_such_layer" in out and "log.txt" in out
+    assert "1 done, 1 failed" in out and "failed or cancelled runs" in out and "no_such_layer" in out and "log.txt" in out
     log_file = Path(re.search(r"log: (\S+log\.txt)", out).group(1))
     assert "Traceback" in log_file.read_text() and "no_such_layer" in log_file.read_text()
     failed = stamps(results)

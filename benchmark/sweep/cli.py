@@ -31,7 +31,8 @@ from benchmark.sweep.plan import (Composer, Job, available_experiments, expand, 
                                   statuses, trajectories, waiting_trajectories, write_plan)
 
 log = logging.getLogger("dvar")
-STATES = ("done", "failed", "running", "queued", "pending", "waiting")
+STATES = ("done", "damaged", "failed", "cancelled", "running", "requeued", "queued", "pending", "waiting")
+RERUN = ("failed", "damaged", "cancelled")  # what --rerun-failed runs again
 DEFAULT_TIMEOUT_MIN = 180  # launcher.timeout_min=auto without a timing profile for the model
 
 
@@ -92,33 +93,42 @@ def preflight(exp: dict, jobs: list[Job], env: dict, args) -> bool:
     return pf.ok
 
 
-def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path) -> None:
+def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path, details: dict | None = None) -> None:
     counts = Counter(states)
+    shown = [s for s in STATES if counts[s] or s in ("done", "failed", "running", "pending")]
     print(f"experiment {exp['name']}: {len(jobs)} runs - " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]))
-    print(f"{'method':<20}{'strategy':<17}" + "".join(f"{s:>9}" for s in STATES))
+    print(f"{'method':<20}{'strategy':<17}" + "".join(f"{s:>10}" for s in shown))
     table = Counter((j.method, j.strategy, s) for j, s in zip(jobs, states))
     for method, strategy in dict.fromkeys((j.method, j.strategy) for j in jobs):
-        print(f"{method:<20}{strategy:<17}" + "".join(f"{table[(method, strategy, s)]:>9}" for s in STATES))
-    failed = [j for j, s in zip(jobs, states) if s == "failed"]
+        print(f"{method:<20}{strategy:<17}" + "".join(f"{table[(method, strategy, s)]:>10}" for s in shown))
+    submitted = read_submissions(results, exp["name"])
+    failed = [j for j, s in zip(jobs, states) if s in ("failed", "cancelled")]
     if failed:
-        from benchmark import records
+        from benchmark.runs import read_row
 
-        runs = records.read(results, "runs")
-        submitted = read_submissions(results, exp["name"])
-        print("\nfailed runs (rerun with --rerun-failed):")
+        print("\nfailed or cancelled runs (rerun with --rerun-failed):")
         for j in failed:
-            row = runs[runs.run_id == j.run_id].iloc[-1]
-            print(f"  {j.name} (run {j.run_id}): {row['error']}")
+            row = read_row(j.cfg)
+            error = row["error"] if row and row.get("error") else "no failure recorded by the run (Slurm ended the job)"
+            print(f"  {j.name} (run {j.run_id}): {error}")
             print(f"    log: {results / 'work' / exp['name'] / j.run_id / 'log.txt'}")
             if j.name in submitted:
                 print(f"    slurm log: {results / 'slurm' / exp['name'] / submitted[j.name]}_0_log.err (job {submitted[j.name]})")
+    damaged = [j for j, s in zip(jobs, states) if s == "damaged"]
+    if damaged:
+        print("\ndamaged runs: completed, but their records cannot be read in full (rerun with --rerun-failed; the "
+              "damaged files are moved to <results>/replaced/ first):")
+        for j in damaged:
+            print(f"  {j.name} (run {j.run_id}):")
+            for problem in (details or {}).get(j.name, []):
+                print(f"    {problem}")
     waiting = sum(s == "waiting" for s in states)
     if waiting:
         print(f"\n{waiting} Few-iters runs wait for this sweep's CLIP-s runs (their step counts derive from them).")
 
 
 def to_run(jobs: list[Job], states: list[str], rerun_failed: bool) -> list[Job]:
-    return [j for j, s in zip(jobs, states) if s == "pending" or (s == "failed" and rerun_failed)]
+    return [j for j, s in zip(jobs, states) if s == "pending" or (s in RERUN and rerun_failed)]
 
 
 def run_local(exp, jobs, env, composer, args) -> int:
@@ -160,7 +170,7 @@ def run_slurm(exp, jobs, env, args) -> int:
 
     states = statuses(jobs, env["results"], exp["name"])
     ready = [j for j in to_run(jobs, states, args.rerun_failed) if j.cfg is not None]
-    clip_s_busy = {j.run_id for j, s in zip(jobs, states) if j.strategy == "clip_s" and s in ("running", "queued")}
+    clip_s_busy = {j.run_id for j, s in zip(jobs, states) if j.strategy == "clip_s" and s in ("running", "queued", "requeued")}
     deferred = [j for j, s in zip(jobs, states) if s == "waiting"]
     later = [j for j in deferred if set(j.clip_s_ids) & clip_s_busy]
     deferred = [j for j in deferred if j not in later]
@@ -177,16 +187,27 @@ def run_slurm(exp, jobs, env, args) -> int:
     share = env["launcher"].get("share_trajectories", True)
     ready_groups = trajectories(ready, exp.get("runs_per_job")) if share else [[j] for j in ready]
     deferred_groups = list(groups.values()) if share else [[j] for j in deferred]
+    before = read_submissions(env["results"], exp["name"])
     ids = slurm.submit(ready_groups, deferred_groups, waiting_trajectories(jobs) if share else set(), env["launcher"],
                        env["results"], exp["name"])
     record_submissions(env["results"], exp["name"], ids)
+    # Few-iters already queued behind CLIP-s runs that go out again (--rerun-failed) wait for the new jobs too.
+    again = {j.run_id for j in ready if j.strategy == "clip_s"}
+    queued = sorted({before[j.name].split("_")[0] for j, s in zip(jobs, states)
+                     if j.cfg is None and s in ("queued", "requeued") and j.name in before and set(j.clip_s_ids) & again})
+    if queued:
+        new = sorted({ids[j.name].split("_")[0] for j in ready if j.strategy == "clip_s"})
+        slurm.wait_also_for(queued, new)
+        print(f"queued Few-iters job arrays {', '.join(queued)} now also wait for {', '.join(new)}")
     arrays = sorted({i.split("_")[0] for i in ids.values()})
     print(f"submitted Slurm job arrays {', '.join(arrays)}; logs in {Path(env['launcher'].get('folder') or env['results'] / 'slurm') / exp['name']}")
     print(f"watch: python -m benchmark.sweep status experiment={exp['name']}")
     if args.wait:
-        from benchmark.sweep.plan import slurm_live_ids
+        from benchmark.sweep.plan import SLURM_STATES, slurm_states
 
-        while (live := slurm_live_ids()) and any(i in live or i.split("_")[0] in live for i in ids.values()):
+        live = ("queued", "requeued", "running")
+        mine = set(read_submissions(env["results"], exp["name"]).values())  # earlier submissions too
+        while (now := slurm_states(mine)) and any(SLURM_STATES.get(now.get(i, ""), "") in live for i in mine):
             time.sleep(5)
         resolve_derived(jobs, env["results"])
         states = statuses(jobs, env["results"], exp["name"])
@@ -208,14 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         exp, jobs, env, composer = plan(args)
         derived = resolve_derived(jobs, env["results"], composer)
-        record_derivation(env["results"], exp["name"], derived)
-        if args.command == "status":
-            print_status(exp, jobs, statuses(jobs, env["results"], exp["name"]), env["results"])
+        if args.command == "status":  # read only: status writes nothing
+            details: dict = {}
+            print_status(exp, jobs, statuses(jobs, env["results"], exp["name"], details), env["results"], details)
             return 0
         ok = preflight(exp, jobs, env, args)
         if args.command == "preflight" or not ok:
             return 0 if ok else 2
         if not args.dry_run:
+            record_derivation(env["results"], exp["name"], derived)
             write_plan(env["results"], exp["name"], jobs)
         if env["launcher"].get("name") == "slurm":
             return run_slurm(exp, jobs, env, args)

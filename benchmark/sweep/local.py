@@ -17,6 +17,8 @@ from multiprocessing import get_context
 
 from tqdm.auto import tqdm
 
+from benchmark.runs import Busy
+
 log = logging.getLogger("dvar")
 
 
@@ -27,11 +29,26 @@ def _run(cfgs: list[dict], keep_snapshots: bool) -> list[dict]:
                           keep_snapshots=keep_snapshots)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the sweep that started it dies (prctl PDEATHSIG): a
+    killed sweep leaves no worker behind to start the runs queued to it."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except OSError:  # not Linux: workers outlive a SIGKILLed sweep there (a clean exit still stops them)
+        return
+    if os.getppid() == 1:  # the sweep died before the request took effect
+        os._exit(1)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
     from benchmark.run import setup_logging
 
+    die_with_parent()
     torch.set_num_threads(threads)
     setup_logging()
 
@@ -51,6 +68,9 @@ def execute(groups: list[tuple[list[dict], bool]], workers: int = 1, progress: b
             try:
                 _run(cfgs, keep)
                 results.append((cfgs, None))
+            except Busy as err:  # another process trains it: not a failure of this sweep
+                log.warning("%s", err)
+                results.append((cfgs, None))
             except Exception as err:  # a sweep continues past failures and lists them at the end
                 log.error("trajectory failed: %s: %s", describe(cfgs), err)
                 log.debug(traceback.format_exc())
@@ -63,6 +83,9 @@ def execute(groups: list[tuple[list[dict], bool]], workers: int = 1, progress: b
             futures = {pool.submit(_run, cfgs, keep): cfgs for cfgs, keep in groups}
             for future in as_completed(futures):
                 err = future.exception()
+                if isinstance(err, Busy):
+                    log.warning("%s", err)
+                    err = None
                 results.append((futures[future], None if err is None else f"{type(err).__name__}: {err}"))
                 bar.update(len(futures[future]))
     bar.close()

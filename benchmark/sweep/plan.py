@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from benchmark.config import run_id, trajectory_id
+from benchmark.runs import write_text_atomic
 from benchmark.errors import ConfigError
 from benchmark.registry import unknown_name_error
 from benchmark.strategies import strategy_class
@@ -221,9 +222,7 @@ def record_derivation(results: Path, experiment: str, derived: dict) -> Path | N
     path.parent.mkdir(parents=True, exist_ok=True)
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update(derived)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(current, indent=1, sort_keys=True))
     return path
 
 
@@ -236,9 +235,7 @@ def write_plan(results: Path, experiment: str, jobs: list[Job]) -> Path:
             "waiting": sorted(j.name for j in jobs if j.cfg is None)}
     path = records.plan_file(results, experiment)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(plan, indent=1))
     return path
 
 
@@ -247,33 +244,42 @@ def record_derived_run(results: Path, experiment: str, job_name: str, rid: str) 
 
     path = records.derived_file(results, experiment, job_name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(rid)
-    os.replace(tmp, path)
+    write_text_atomic(path, rid)
 
 
-def slurm_live_ids() -> set[str] | None:
-    """Job ids Slurm still knows (queued or running; arrays expanded), or None without Slurm."""
+def slurm_states(job_ids: set[str]) -> dict[str, str] | None:
+    """Slurm's state of each submitted job id (array tasks as <array>_<task>): PENDING, RUNNING,
+    REQUEUED (pending again after a requeue), then the accounting state once it ended (COMPLETED,
+    CANCELLED, FAILED, TIMEOUT, ...). None where Slurm does not answer."""
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=30)
+        queue = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return set(out.stdout.split()) if out.returncode == 0 else None
+    if queue.returncode != 0:
+        return None
+    states = {}
+    for line in queue.stdout.splitlines():
+        jid, state, reason = (line.strip().split("|") + ["", ""])[:3]
+        # A requeued job waits as PENDING with reason BeginTime until it may start again.
+        states[jid] = "REQUEUED" if state == "PENDING" and reason == "BeginTime" else state
+    ended = sorted(j for j in job_ids if j not in states)
+    if ended:
+        try:
+            acct = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ended)],
+                                  capture_output=True, text=True, timeout=60)
+            for line in acct.stdout.splitlines():  # "CANCELLED by 0": the state is the first word
+                jid, state = (line.strip().split("|") + [""])[:2]
+                if jid and state:
+                    states.setdefault(jid, state.split()[0])
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return states
 
 
-def _alive(marker: dict, live: set[str] | None) -> bool:
-    job = marker.get("slurm_job_id")
-    if job:
-        return live is None or str(job) in live  # without squeue we cannot tell: assume alive
-    import socket
-
-    if marker.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(marker["pid"]), 0)
-        return True
-    except (OSError, ValueError, KeyError):
-        return False
+SLURM_STATES = {"PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued",
+                "RUNNING": "running", "COMPLETING": "running", "CANCELLED": "cancelled", "FAILED": "failed",
+                "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "TIMEOUT": "failed", "BOOT_FAIL": "failed",
+                "DEADLINE": "failed", "PREEMPTED": "requeued"}
 
 
 def submissions_file(results: Path, experiment: str) -> Path:
@@ -291,34 +297,57 @@ def record_submissions(results: Path, experiment: str, new: dict[str, str]) -> N
     f.parent.mkdir(parents=True, exist_ok=True)
     current = read_submissions(results, experiment)
     current.update(new)
-    tmp = f.with_name(f".{f.name}.tmp")
-    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
-    os.replace(tmp, f)
+    write_text_atomic(f, json.dumps(current, indent=1, sort_keys=True))
 
 
-def statuses(jobs: list[Job], results: Path, experiment: str) -> list[str]:
-    """Per job: done | failed | running | queued | pending | waiting (derived steps not known yet)."""
+def statuses(jobs: list[Job], results: Path, experiment: str, details: dict | None = None) -> list[str]:
+    """Per job: done | damaged (completed, records unreadable or incomplete) | failed | cancelled |
+    running | requeued | queued | pending | waiting (derived steps not known yet). Read only.
+    `details` (optional) receives run name -> what is wrong with a damaged run."""
+    from benchmark import records
+    from benchmark.runs import RunPaths, held
+
     runs = runs_table(results)
     submitted = read_submissions(results, experiment)
-    live = slurm_live_ids() if submitted else None
+    slurm = slurm_states({submitted[j.name] for j in jobs if j.name in submitted}) if submitted else None
     out = []
     for job in jobs:
-        queued = live is not None and submitted.get(job.name) in live
+        jid = submitted.get(job.name)
+        # A job Slurm no longer knows at all (an array task cancelled before it started leaves no
+        # accounting record) ended without running: cancelled.
+        in_slurm = "" if slurm is None or jid is None else SLURM_STATES.get(slurm.get(jid, "CANCELLED"), "")
         if job.cfg is None:
-            out.append("queued" if queued else "waiting")
+            out.append(in_slurm if in_slurm in ("queued", "requeued", "running") else "waiting")
             continue
         rows = runs[runs.run_id == job.run_id]
-        marker = Path(results) / "work" / experiment / job.run_id / "RUNNING"
         state = "pending"
         if len(rows):
-            state = "done" if (rows.status == "completed").any() else "failed"
-        if state != "done" and marker.exists():
-            try:
-                if _alive(json.loads(marker.read_text()), live):
-                    state = "running"
-            except (OSError, ValueError):
-                pass
-        if state in ("pending", "failed") and queued:
-            state = "queued"
+            row = rows.iloc[-1]
+            state = "done" if row.status == "completed" else "failed"
+            if state == "done":
+                paths = RunPaths(job.cfg)
+                problems = records.run_problems(results, paths.keys, job.run_id, int(row.iterations))
+                if problems:
+                    state = "damaged"
+                    if details is not None:
+                        details[job.name] = problems
+        elif paths_damaged(job, results, details):
+            state = "damaged"
+        if state != "done" and held(job.cfg) is not None:
+            state = "running"
+        elif state in ("pending", "failed") and in_slurm in ("queued", "requeued", "running", "cancelled"):
+            state = in_slurm
         out.append(state)
     return out
+
+
+def paths_damaged(job: Job, results: Path, details: dict | None) -> bool:
+    """A run without a readable runs row whose runs file exists: the file itself is damaged."""
+    from benchmark import records
+    from benchmark.runs import RunPaths
+
+    f = RunPaths(job.cfg).runs_file()
+    problem = records.part_problem(f) if f.exists() else None
+    if problem and details is not None:
+        details[job.name] = [problem]
+    return problem is not None

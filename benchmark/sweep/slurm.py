@@ -10,12 +10,14 @@ trajectory's stored snapshots.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import submitit
 
 from benchmark.config import run_id
+from benchmark.runs import Busy
 from benchmark.sweep.plan import Composer, Job, derived_steps, record_derivation, record_derived_run, runs_table
 
 # launcher config key → submitit AutoExecutor parameter
@@ -40,7 +42,11 @@ class SlurmRun(submitit.helpers.Checkpointable):
         cfgs = payload["cfgs"]
         if cfgs is None:
             cfgs = [derive(job, payload) for job in payload["jobs"]]
-        rows = run_trajectory([{**cfg, "progress": False} for cfg in cfgs], keep_snapshots=payload["keep"])
+        try:
+            rows = run_trajectory([{**cfg, "progress": False} for cfg in cfgs], keep_snapshots=payload["keep"])
+        except Busy as err:  # a duplicate submission: the owner finishes the runs
+            logging.getLogger("dvar").warning("%s", err)
+            return []
         return [row["run_id"] for row in rows]
 
 
@@ -89,3 +95,17 @@ def submit(ready: list[list[Job]], deferred: list[list[Job]], waiting: set[str],
                                                  for group in deferred])
         ids.update({j.name: s.job_id for group, s in zip(deferred, second) for j in group})
     return ids
+
+
+def wait_also_for(job_ids: list[str], new_ids: list[str]) -> None:
+    """Add `new_ids` to the `afterany` dependencies of pending jobs (scontrol update), keeping the
+    ones they had: a Few-iters array must not start before resubmitted CLIP-s runs end."""
+    import re
+    import subprocess
+
+    for jid in job_ids:
+        out = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%E"], capture_output=True, text=True, timeout=30)
+        old = re.findall(r"(\d+)(?:_[\d*\[\]-]+)?\(", out.stdout)
+        deps = ":".join(dict.fromkeys([*old, *new_ids]))
+        subprocess.run(["scontrol", "update", f"JobId={jid}", f"Dependency=afterany:{deps}"], check=True,
+                       capture_output=True, text=True, timeout=30)
