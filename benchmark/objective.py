@@ -109,8 +109,14 @@ class EvalBatch:
             aug_captions = [c for _, c, _ in examples]
         else:
             index, flipped, pixels, aug_captions = base.image_index, base.flipped, base.pixels, base.captions
-        captions = [c if self.data.caption_mode == "instance" and not self.data.image_captions else self.data.caption(g)
-                    for c in aug_captions] if "captions" in fresh else base.captions
+        if self.data.image_captions:
+            captions = list(aug_captions)  # a caption belongs to its image: it follows the images source
+        elif "captions" not in fresh:
+            captions = base.captions
+        elif self.data.caption_mode == "instance":
+            captions = list(aug_captions)
+        else:
+            captions = [self.data.caption(g) for _ in aug_captions]
         latent_eps = torch.randn((n, *self.latent_shape), generator=g) if "latents" in fresh else base.latent_eps
         noise = torch.randn((n, *self.latent_shape), generator=g) if "noise" in fresh else base.noise
         if "timesteps" in fresh:

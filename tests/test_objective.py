@@ -105,3 +105,21 @@ def test_frozen_parts_have_no_gradients(trainer):
     for module in (trainer.backbone.unet, trainer.backbone.vae, trainer.backbone.text_encoder):
         assert all(not p.requires_grad for p in module.parameters() if id(p) not in trainable)
     assert [p.shape for p in trainer.method.parameters()] == [torch.Size([1, 32])]
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    """A concept that brings one caption per image (every toy concept does)."""
+    return set_up(tiny_run_config("textual_inversion", "few_iters", tmp_path_factory.mktemp("c"),
+                                  "concept=toy_orange_dotted_ring", "method.initializer_token=ring"))
+
+
+@pytest.mark.parametrize("fixed_captions", [True, False])
+@pytest.mark.parametrize("fixed_images", [True, False])
+def test_each_evaluation_item_keeps_its_own_images_caption(captioned, fixed_captions, fixed_images):
+    fixed = dict(zip(SOURCES, [fixed_images, fixed_captions, True, True, True]))
+    batch = eval_batch(captioned, fixed, size=8)
+    own = captioned.data.image_captions
+    assert len(set(own)) == len(own) > 1, "the test needs distinct captions"
+    for draw in [batch.next_draw() for _ in range(3)]:
+        assert draw.captions == [own[int(i)] for i in draw.image_index]
