@@ -163,7 +163,7 @@ def load_backbone(model_cfg, cache_dir: Path, share: bool = False, device=None, 
     weights_kw = dict(kw, variant=model_cfg.get("variant"))
     try:
         if Path(source).is_dir() and not (Path(source) / "tokenizer").is_dir():
-            # A checkpoint shipped without its 3.5 MB tokenizer files (the toy model): CLIP's own BPE.
+            # A folder without tokenizer files (toy weights from before they shipped theirs): CLIP's own BPE.
             from benchmark.tokenizer import build_clip_tokenizer
 
             tokenizer = build_clip_tokenizer(cache_dir / "clip_bpe_tokenizer")

@@ -12,15 +12,13 @@ SUMS = "SHA256SUMS"
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def write_sums(folder: Path, suffixes=(".safetensors", ".json", ".pt"), exclude=("report.json",)) -> Path:
-    """Sums of the weights and configs under `folder` (not of reports, which hold timings)."""
+def write_sums(folder: Path, suffixes=(".safetensors", ".json", ".pt", ".txt"), exclude=("report.json",)) -> Path:
+    """Sums of the weights, configs and tokenizer files (merges.txt) under `folder` (not of reports,
+    which hold timings)."""
     lines = [f"{sha256(p)}  {p.relative_to(folder).as_posix()}" for p in sorted(folder.rglob("*"))
              if p.is_file() and p.name not in (SUMS, *exclude) and p.suffix in suffixes]
     (folder / SUMS).write_text("\n".join(lines) + "\n")

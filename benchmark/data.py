@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -18,11 +17,14 @@ from benchmark.templates import CLOSE_PREFIXES, FAR_PREFIXES, OBJECT_TEMPLATES, 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB → float (3, H, W) in [-1, 1]."""
-    a = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return a.float() / 127.5 - 1.0
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    return pil_to_tensor(image).float() / 127.5 - 1.0
 
 
 def center_crop_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:
+    """Not torchvision's center_crop: that rounds an odd margin half to even (a margin of 3 starts
+    the crop at 2, not 1), which would change the pixels, and so the records, of such images."""
     w, h = image.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2

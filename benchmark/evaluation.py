@@ -54,3 +54,10 @@ def save_grid(images, folder: Path, step: int) -> None:
     for i, im in enumerate(images):
         grid.paste(im, ((i % cols) * w, (i // cols) * h))
     grid.save(folder / f"step{step:06d}.png")
+
+
+def keep_grid(folder: Path, step: int) -> None:
+    """Remove the grids of `folder` other than that of `step` (earlier bests of a best-checkpoint run)."""
+    for f in folder.glob("step*.png"):
+        if f.name != f"step{step:06d}.png":
+            f.unlink()

@@ -13,7 +13,7 @@ import json
 import logging
 
 from benchmark import records
-from benchmark.evaluation import METRICS, save_grid
+from benchmark.evaluation import METRICS, keep_grid, save_grid
 from benchmark.provenance import device_name, git_state, hostname, slurm_job_id, versions
 from benchmark.runs import RunPaths, now
 from benchmark.strategies import make_strategy
@@ -69,9 +69,12 @@ class Observer:
             ev = {"run_id": self.rid, **scores}
             self.eval_rows.append(ev)
             row["sampling_s"] = ev["sampling_s"] + ev["scoring_s"]
-            if self.cfg["sampling"]["save_images"] == "all":
+            new_best = self.strategy.reports_best and (self.best["value"] is None or
+                                                        ev["train_clip_img"] > self.best["value"])
+            save = self.cfg["sampling"]["save_images"]
+            if save == "all" or (save == "final" and new_best):  # a best-checkpoint run reports this one
                 save_grid(images, self.paths.samples, step)
-            if self.strategy.reports_best and (self.best["value"] is None or ev["train_clip_img"] > self.best["value"]):
+            if new_best:
                 self.best = {"step": step, "value": ev["train_clip_img"],
                              "weights": trajectory.method.trainable_state(), "metrics": ev}
             if self.strategy.after_evaluation(step, ev):
@@ -142,19 +145,29 @@ class Observer:
         self.step_rows, self.eval_rows = [], []
 
     # ---------------------------------------------------------------------------------- finish --
+    def weights_provenance(self, trajectory, step: int) -> dict:
+        """What the saved weights files state in their metadata besides the method and token."""
+        model = self.cfg["model"]
+        return {"run_id": self.rid, "step": step, "model_config": model["name"],
+                "base_model": model.get("pretrained") or trajectory.backbone.identity,
+                "base_model_revision": model.get("revision") or ("main" if model.get("pretrained") else ""),
+                "model_identity": trajectory.backbone.identity}
+
     def finish(self, trajectory, evaluation: tuple[dict, list] | None, setup_s: float) -> dict:
         """Save the weights of the stop step (and the best checkpoint), evaluate the stop step where
         the strategy reports it (reusing the step's evaluation when there was one), write the row."""
         cfg, method = self.cfg, trajectory.method
         final_step, reason = self.stopped
-        method.save(self.paths.weights / "final")
+        method.save(self.paths.weights / "final", self.weights_provenance(trajectory, final_step))
         if not self.needs_final_evaluation:
             current = method.trainable_state()
             method.load_trainable_state(self.best["weights"])
-            method.save(self.paths.weights / "best")
+            method.save(self.paths.weights / "best", self.weights_provenance(trajectory, self.best["step"]))
             method.load_trainable_state(current)
             reported, weights_dir, metrics = self.best["step"], self.paths.weights / "best", self.best["metrics"]
             final_eval_s = 0.0
+            if cfg["sampling"]["save_images"] == "final":  # the grid of each best as it came; keep the last
+                keep_grid(self.paths.samples, reported)
         else:
             scores, images = evaluation
             metrics = {"run_id": self.rid, **scores, "phase": "final"}

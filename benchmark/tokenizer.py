@@ -52,13 +52,25 @@ def write_clip_tokenizer_files(folder: Path) -> Path:
     return folder
 
 
+# What makes the vocabulary files a Stable Diffusion tokenizer (SD v1.5's tokenizer_config.json says the same).
+TOKENIZER_CONFIG = {"tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                    "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "model_max_length": 77}
+
+
 def build_clip_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 
     if not (folder / "vocab.json").exists():
         write_clip_tokenizer_files(folder)
     # from_pretrained(folder): the transformers-5 keyword constructor silently ignores vocab_file=.
-    return CLIPTokenizer.from_pretrained(
-        str(folder), bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=77,
-    )
+    kwargs = {k: v for k, v in TOKENIZER_CONFIG.items() if k != "tokenizer_class"}
+    return CLIPTokenizer.from_pretrained(str(folder), **kwargs)
+
+
+def save_clip_tokenizer(folder: Path) -> Path:
+    """A `tokenizer/` folder of a diffusers pipeline that plain `CLIPTokenizer.from_pretrained` (and
+    so `StableDiffusionPipeline.from_pretrained`) loads as exactly the tokenizer above: vocab.json +
+    merges.txt + tokenizer_config.json, 1.5 MB (transformers' own save writes a 3.6 MB tokenizer.json)."""
+    write_clip_tokenizer_files(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=1, sort_keys=True) + "\n")
+    return folder

@@ -40,6 +40,7 @@ def test_pretraining_procedure_is_reproducible(tmp_path):
     a = (tmp_path / "a" / "SHA256SUMS").read_text()
     assert a == (tmp_path / "b" / "SHA256SUMS").read_text()
     assert "pipeline/unet/diffusion_pytorch_model.safetensors" in a and "clip.pt" in a
+    assert "pipeline/tokenizer/vocab.json" in a and "pipeline/tokenizer/merges.txt" in a, "plain diffusers loads it"
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert set(report["times"]) >= {"vae_s", "unet_s", "clip_s", "features_s"}
 

@@ -126,14 +126,25 @@ class Method:
                 p.copy_(state[k].to(p.device, p.dtype))
 
     # --- export --------------------------------------------------------------------------------
-    def save(self, folder: Path) -> None:
-        """Write the trained weights as safetensors in formats diffusers pipelines load."""
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({self.placeholder: self.tokens.rows.detach().float().cpu().contiguous()},
-                  str(folder / TOKEN_FILE))
-        self.save_extra(folder)
+    def metadata(self, provenance: dict) -> dict[str, str]:
+        """The safetensors metadata of every file `save` writes: the method, its token and how
+        prompts name the concept, plus `provenance` (run id, step, base model; benchmark.observer)."""
+        meta = {"format": "pt", "method": self.name, "token": self.placeholder, "subject": self.subject}
+        meta.update({k: "" if v is None else str(v) for k, v in provenance.items()})
+        return meta
 
-    def save_extra(self, folder: Path) -> None:
+    def save(self, folder: Path, provenance: dict) -> None:
+        """Write the trained weights as safetensors in formats diffusers pipelines load (README,
+        "Using the trained weights"): the token as {token: embedding} in learned_embeds.safetensors
+        (`pipe.load_textual_inversion(folder)`), then the method's own file. Every file carries
+        `metadata(provenance)`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = self.metadata(provenance)
+        save_file({self.placeholder: self.tokens.rows.detach().float().cpu().contiguous()},
+                  str(folder / TOKEN_FILE), metadata=meta)
+        self.save_extra(folder, meta)
+
+    def save_extra(self, folder: Path, metadata: dict[str, str]) -> None:
         pass
 
     @classmethod

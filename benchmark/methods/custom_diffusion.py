@@ -2,8 +2,11 @@
 
 Trained through diffusers' `CustomDiffusionAttnProcessor2_0` on the cross-attention layers (it also
 blocks the gradient through the start-of-text position, as the original does). Weights are saved in
-the diffusers Custom Diffusion format and re-installed with public APIs only (diffusers'
-`load_attn_procs` silently skips installing them without `_pipeline`, issue #9320).
+the diffusers Custom Diffusion format (keys `<layer>.processor.to_{k,v}_custom_diffusion.weight`) and
+re-installed with public APIs only: in diffusers 0.42.1 `unet.load_attn_procs` installs nothing
+without its private `_pipeline` argument (issue #9320), and with it refuses any file that lacks the
+self-attention processors, which safetensors cannot store (diffusers' own `save_attn_procs` drops
+them too). README, "Using the trained weights", has the few plain-diffusers lines that load them.
 """
 
 from pathlib import Path
@@ -84,9 +87,9 @@ class CustomDiffusion(Method):
         prior = torch.nn.functional.mse_loss(pred[n_instance:], target[n_instance:])
         return instance + float(self.cfg["prior"]["weight"]) * prior
 
-    def save_extra(self, folder: Path) -> None:
+    def save_extra(self, folder: Path, metadata: dict[str, str]) -> None:
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.trainables.items() if k != "token"}
-        save_file(state, str(folder / CD_FILE), metadata={"format": "pt"})
+        save_file(state, str(folder / CD_FILE), metadata=metadata)
 
     @classmethod
     def apply_extra(cls, pipe, folder: Path) -> None:

@@ -31,15 +31,27 @@ class DreamBoothLoRA(Method):
             if "lora_" in name:
                 self.trainables[f"unet.{name}"] = p
 
-    def save_extra(self, folder: Path) -> None:
+    def save_extra(self, folder: Path, metadata: dict[str, str]) -> None:
+        """diffusers' LoRA file, with the adapter config (rank, alpha, targets) that `load_lora_weights`
+        reads back, then our metadata added beside diffusers' own keys. diffusers 0.42 has no place
+        for the token in a Stable Diffusion LoRA file (its pivotal-tuning scripts also write the
+        embedding to a file of its own), so the token stays in learned_embeds.safetensors."""
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
 
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.backbone.unet))
+        unet = self.backbone.unet
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
         StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                                  safe_serialization=True)
+                                                  safe_serialization=True,
+                                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+        path = str(folder / LORA_FILE)
+        with safe_open(path, "pt") as f:
+            own = f.metadata() or {}
+        save_file(load_file(path), path, metadata={**own, **metadata})
 
     @classmethod
     def apply_extra(cls, pipe, folder: Path) -> None:

@@ -8,7 +8,8 @@ Trains, in order, from seeded synthetic data (benchmark/toy/world.py):
 3. the metric models: an open_clip image/text pair trained contrastively (toy CLIP img / txt) and
    a timm ViT trained to recognise the scene attributes (the DINO stand-in).
 
-The result is an SD-shaped pipeline folder (loaded by `model=toy` like any diffusers checkpoint)
+The result is an SD-shaped pipeline folder, tokenizer included (loaded by `model=toy` like any
+diffusers checkpoint, and by plain `StableDiffusionPipeline.from_pretrained`)
 plus the metric weights (`metrics=toy`), written with SHA-256 sums and a report of the quality
 checks. The shipped weights in benchmark/toy/weights/ come from `--scale full` with the default
 seed; `--scale quick` trains for a few minutes, `--scale smoke` only checks the procedure (tests).
@@ -233,7 +234,7 @@ def pretrain(out: Path, scale: str = "full", seed: int = 0) -> dict:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from safetensors.torch import save_file
 
-    from benchmark.tokenizer import build_clip_tokenizer
+    from benchmark.tokenizer import build_clip_tokenizer, save_clip_tokenizer
     from benchmark.toy.checks import prompt_following
 
     cfg = config(scale, seed)
@@ -265,7 +266,10 @@ def pretrain(out: Path, scale: str = "full", seed: int = 0) -> dict:
                                    scheduler=DDIMScheduler(**TOY_SCHEDULER), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(tmp / "pipeline")
-    shutil.rmtree(tmp / "pipeline" / "tokenizer")  # rebuilt from open_clip's vocabulary when loaded
+    # The tokenizer as vocab.json + merges.txt (1.5 MB, not transformers' 3.6 MB tokenizer.json), so
+    # that plain `StableDiffusionPipeline.from_pretrained(pipeline)` loads the complete model.
+    shutil.rmtree(tmp / "pipeline" / "tokenizer")
+    save_clip_tokenizer(tmp / "pipeline" / "tokenizer")
     shutil.rmtree(tmp / "_bpe")
     torch.save(clip.state_dict(), tmp / "clip.pt")
     save_file({k: v.contiguous() for k, v in features.state_dict().items()}, str(tmp / "features.safetensors"))
