@@ -3,7 +3,9 @@
 A full-length run (e.g. a Baseline run with L_det after every update and CLIP evaluations every 50
 updates) holds the whole trajectory, so any criterion can be evaluated on it without training again.
 The criteria are the very state machines the live runs use (benchmark.stopping), so a replay of
-DVAR or CLIP-s on a trace stops where a live run with the same seed stops.
+DVAR or CLIP-s on a trace stops where a live run with the same seed stops: replay feeds the criterion
+exactly the sequence the live loop feeds it (`ldet_sequence`: every L_det step, NaN values included).
+The Appendix E criteria (ema, hall, trend, and trend_relative, which is not in the paper) exist only here.
 
 Quality at a stop step is read from the evaluated checkpoint nearest to it (ties: the earlier one);
 CLIP-s reports its best checkpoint by train CLIP img among the checks it made, as live runs do.
@@ -12,6 +14,7 @@ CLIP-s reports its best checkpoint by train CLIP img among the checks it made, a
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass
 
@@ -19,15 +22,17 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import ConfigError
-from benchmark.stopping import DVAR, ClipS, EMAPercentile, Hall, Trend
+from benchmark.stopping import DVAR, ClipS, EMAPercentile, Hall, Trend, TrendRelative
 
 QUALITY = ("train_clip_img", "val_clip_img", "val_clip_txt", "dino", "div")
+WINDOW_CRITERIA = {"ema": EMAPercentile, "hall": Hall, "trend": Trend, "trend_relative": TrendRelative}
 CRITERIA = {
     "dvar": {"window": int, "threshold": float, "every": int},
     "clip_s": {"patience": int, "eps": float, "every": int},
     "ema": {"window": int, "threshold": float},
     "hall": {"window": int, "threshold": float},
     "trend": {"window": int, "threshold": float},
+    "trend_relative": {"window": int, "threshold": float},
     "fixed": {"steps": int},
 }
 
@@ -40,10 +45,19 @@ class Trace:
     seed: int
     steps: pd.DataFrame   # step, l_det, ... (sorted)
     evals: pd.DataFrame   # step, train_clip_img, ... (sorted, in-loop and final)
+    ldet_every: int = 1   # the run's ldet.every: L_det was evaluated at its multiples (0: never)
 
     @property
     def length(self) -> int:
         return int(self.steps.step.max())
+
+
+def _ldet_every(config_json) -> int:
+    """The run's ldet.every from its resolved config (0: L_det off); 1 when the config is not at hand."""
+    if not isinstance(config_json, str):
+        return 1
+    ldet = json.loads(config_json).get("ldet", {})
+    return int(ldet.get("every", 1)) if ldet.get("enabled", True) else 0
 
 
 def traces(runs: pd.DataFrame, steps: pd.DataFrame, evals: pd.DataFrame) -> list[Trace]:
@@ -51,7 +65,8 @@ def traces(runs: pd.DataFrame, steps: pd.DataFrame, evals: pd.DataFrame) -> list
     for r in runs.itertuples():
         s = steps[steps.run_id == r.run_id].sort_values("step").reset_index(drop=True)
         e = evals[evals.run_id == r.run_id].sort_values("step").drop_duplicates("step").reset_index(drop=True)
-        out.append(Trace(r.run_id, r.method, r.concept, int(r.seed), s, e))
+        every = _ldet_every(getattr(r, "config_json", None))
+        out.append(Trace(r.run_id, r.method, r.concept, int(r.seed), s, e, every))
     return out
 
 
@@ -70,6 +85,25 @@ def _quality_at(trace: Trace, step: int) -> pd.Series:
     distance = (trace.evals.step - step).abs()
     row = trace.evals.loc[distance.idxmin()]  # idxmin: the first (earlier) of equally near ones
     return pd.Series({**{q: row[q] for q in QUALITY}, "eval_step": int(row.step)})
+
+
+def ldet_sequence(trace: Trace, every: int) -> list[tuple[int, float]]:
+    """The (step, L_det) pairs a live run with `ldet.every = every` feeds its criterion along this
+    trace: every multiple of `every` from step 0 to the end, each value as logged, NaN included (the
+    live loop skips only steps without an L_det evaluation, and a NaN is an evaluation: DVAR takes no
+    decision while its history holds one)."""
+    if not trace.ldet_every or "l_det" not in trace.steps:
+        raise ConfigError(f"run {trace.run_id}: the trace has no L_det (ldet.enabled=false)")
+    if every % trace.ldet_every:
+        raise ConfigError(f"run {trace.run_id}: the trace has L_det every {trace.ldet_every} steps, "
+                          f"so it cannot replay L_det every {every}")
+    want = range(0, trace.length + 1, every)
+    by_step = trace.steps.drop_duplicates("step", keep="last").set_index("step").l_det
+    missing = [k for k in want if k not in by_step.index]
+    if missing:
+        raise ConfigError(f"run {trace.run_id}: the trace lacks L_det every {every} steps (no row at steps "
+                          f"{missing[:8]})")
+    return [(k, float(by_step[k])) for k in want]
 
 
 def replay(trace: Trace, criterion: str, params: dict) -> dict:
@@ -99,14 +133,10 @@ def replay(trace: Trace, criterion: str, params: dict) -> dict:
         return {"stop_step": stop, "stopped": stopped, "reported_step": int(quality.eval_step), **quality[list(QUALITY)]}
     else:
         every = p.pop("every", 1)
-        c = DVAR(stride=every, **p) if criterion == "dvar" else \
-            {"ema": EMAPercentile, "hall": Hall, "trend": Trend}[criterion](p["window"], p["threshold"])
-        values = trace.steps[(trace.steps.step % every == 0) & trace.steps.l_det.notna()]
-        if len(values) < trace.length // every:
-            raise ConfigError(f"run {trace.run_id}: the trace lacks L_det every {every} steps")
-        for r in values.itertuples():
-            if c.update(int(r.step), r.l_det):
-                stopped, stop = True, int(r.step)
+        c = DVAR(stride=every, **p) if criterion == "dvar" else WINDOW_CRITERIA[criterion](p["window"], p["threshold"])
+        for step, value in ldet_sequence(trace, every):
+            if c.update(step, value):
+                stopped, stop = True, step
                 break
     quality = _quality_at(trace, stop)
     return {"stop_step": stop, "stopped": stopped, "reported_step": int(quality.eval_step), **quality[list(QUALITY)]}

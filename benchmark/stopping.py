@@ -137,7 +137,13 @@ class ClipS(Criterion):
 
 
 class _WindowCriterion(Criterion):
-    """Appendix E criteria: a statistic over the last `window` values, stop when it is small."""
+    """Appendix E criteria: a statistic of the last `window` values of L_det (the paper's n); stop at the
+    first step where its absolute value is below `threshold`.
+
+    A decision is taken as soon as the window is full, i.e. at the step of the `window`-th value (the
+    paper's L_det^n is "the last n values"). A NaN inside the window gives a NaN statistic, which
+    never stops (the same rule as DVAR); once the NaN has left the window, decisions resume.
+    """
 
     signal = "l_det"
 
@@ -145,60 +151,80 @@ class _WindowCriterion(Criterion):
         super().__init__()
         if not _integer(window) or window <= 1:
             raise ConfigError(f"{self.name} window must be an integer > 1 (got {window!r}).")
-        if not _number(threshold):
-            raise ConfigError(f"{self.name} threshold must be a number (got {threshold!r}).")
+        if not _number(threshold) or not threshold > 0:
+            raise ConfigError(f"{self.name} threshold must be a number > 0 (got {threshold!r}).")
         self.window = int(window)
         self.threshold = float(threshold)
-        self.history: list[float] = []
+        self.history: list[float] = []  # the last `window` values
 
-    def statistic(self, h: np.ndarray) -> float:
+    def statistic(self, w: np.ndarray) -> float:
         raise NotImplementedError
 
     def update(self, step: int, value: float) -> bool:
-        self.history.append(float(value))
-        if len(self.history) <= self.window:
+        self.history = [*self.history[-(self.window - 1):], float(value)]
+        if len(self.history) < self.window:
             return False
-        self.value = float(self.statistic(np.asarray(self.history, dtype=np.float64)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.value = float(self.statistic(np.asarray(self.history, dtype=np.float64)))
         return self._decide(step, abs(self.value) < self.threshold)
 
 
+def _slope(w: np.ndarray) -> float:
+    """Closed-form least-squares slope of w against its index 0..n-1 (per value, i.e. per step)."""
+    x = np.arange(len(w), dtype=np.float64)
+    x -= x.mean()
+    return float((x * (w - w.mean())).sum() / (x * x).sum())
+
+
 class EMAPercentile(_WindowCriterion):
-    """(EMA(t) - EMA(t - n)) / EMA(t - n), EMA with smoothing 0.1 (paper App. E)."""
+    """(EMA(t) - EMA(t - n)) / EMA(t - n), EMA(t) = EMA(t-1) + 0.1 (L_det(t) - EMA(t-1)) seeded with
+    the first value (paper App. E). It compares two EMA values n steps apart, so the first decision is
+    at the (n+1)-th value (t = n). A NaN value makes every later EMA NaN: it never stops again."""
 
     name = "ema"
 
     def __init__(self, window: int, threshold: float, smoothing: float = 0.1):
         super().__init__(window, threshold)
+        if not _number(smoothing) or not 0.0 < smoothing <= 1.0:
+            raise ConfigError(f"ema smoothing must be a number in (0, 1] (got {smoothing!r}).")
         self.smoothing = float(smoothing)
-        self.ema: list[float] = []
+        self.ema: list[float] = []  # the last window + 1 EMA values
 
     def update(self, step: int, value: float) -> bool:
         prev = self.ema[-1] if self.ema else float(value)
-        self.ema.append(prev + self.smoothing * (float(value) - prev))
-        return super().update(step, value)
-
-    def statistic(self, h: np.ndarray) -> float:
-        then = self.ema[-1 - self.window]
-        return (self.ema[-1] - then) / then if then != 0 else float("nan")
+        self.ema = [*self.ema[-self.window:], prev + self.smoothing * (float(value) - prev)]
+        if len(self.ema) <= self.window:
+            return False
+        then = self.ema[0]
+        self.value = (self.ema[-1] - then) / then if then != 0 else float("nan")
+        return self._decide(step, abs(self.value) < self.threshold)
 
 
 class Hall(_WindowCriterion):
-    """(max - min) / mean over the last n values (paper App. E)."""
+    """(max - min) / mean of the last n values (paper App. E)."""
 
     name = "hall"
 
-    def statistic(self, h: np.ndarray) -> float:
-        w = h[-self.window :]
-        return (w.max() - w.min()) / w.mean()
+    def statistic(self, w: np.ndarray) -> float:
+        mean = w.mean()
+        return (w.max() - w.min()) / mean if mean != 0 else float("nan")
 
 
 class Trend(_WindowCriterion):
-    """Least-squares slope over the last n values, relative to their mean (paper App. E)."""
+    """The slope of a least-squares line through the last n values, in L_det units per step (paper App. E)."""
 
     name = "trend"
 
-    def statistic(self, h: np.ndarray) -> float:
-        w = h[-self.window :]
-        x = np.arange(len(w), dtype=np.float64)
-        slope = ((x - x.mean()) * (w - w.mean())).sum() / ((x - x.mean()) ** 2).sum()
-        return slope * len(w) / w.mean()
+    def statistic(self, w: np.ndarray) -> float:
+        return _slope(w)
+
+
+class TrendRelative(_WindowCriterion):
+    """Not in the paper: the Trend slope times n over the window's mean, i.e. the fitted line's change
+    across the window relative to the window's level (scale-free, so one threshold serves every loss scale)."""
+
+    name = "trend_relative"
+
+    def statistic(self, w: np.ndarray) -> float:
+        mean = w.mean()
+        return _slope(w) * len(w) / mean if mean != 0 else float("nan")

@@ -125,15 +125,32 @@ def test_replayed_dvar_and_clip_s_stop_where_the_live_runs_stopped(live):
 
 
 def test_other_criteria_and_grid_search(live):
+    import numpy as np
+
     results, _ = live
     trace = baseline_trace(results)
-    for criterion, params in (("ema", {"window": 4, "threshold": 1e-3}), ("hall", {"window": 4, "threshold": 0.1}),
-                              ("trend", {"window": 4, "threshold": 0.1}), ("fixed", {"steps": 10})):
-        r = replay(trace, criterion, params)
-        assert 0 < r["stop_step"] <= trace.length and r["reported_step"] in set(trace.evals.step)
+    s = trace.steps.set_index("step").l_det
+    roll = s.rolling(4)
+    ema = s.ewm(alpha=0.1, adjust=False).mean()
+    slope = roll.apply(lambda w: np.polyfit(np.arange(4), w, 1)[0], raw=True)
+    formulas = {"ema": ema / ema.shift(4) - 1, "hall": (roll.max() - roll.min()) / roll.mean(), "trend": slope,
+                "trend_relative": slope * 4 / roll.mean()}
+    for criterion, statistic in formulas.items():
+        v = np.sort(statistic.abs().dropna().unique())
+        for i in (len(v) // 5, len(v) // 2):  # thresholds halfway between two of its values: no ties
+            threshold = (v[i] + v[i + 1]) / 2
+            r = replay(trace, criterion, {"window": 4, "threshold": threshold})
+            below = statistic.abs() < threshold
+            assert (r["stop_step"], r["stopped"]) == (int(below.idxmax()), True), (criterion, threshold)
+            nearest = trace.evals.step[(trace.evals.step - r["stop_step"]).abs().idxmin()]
+            assert r["reported_step"] == nearest
+    fixed = replay(trace, "fixed", {"steps": 11})
+    assert (fixed["stop_step"], fixed["reported_step"]) == (11, 10)  # evals every 2: 10 and 12 tie, the earlier
     table = grid_search([trace], "dvar", {"window": [4, 6], "threshold": [0.2, 0.5]})
     assert len(table) == 4 and table.chosen.sum() == 1
-    assert (table.tuning_speedup >= 1).all()
+    for row in table.itertuples():
+        r = replay(trace, "dvar", {"window": row.window, "threshold": row.threshold})
+        assert row.tuning_mean_stop == r["stop_step"] and row.tuning_speedup == trace.length / r["stop_step"]
 
 
 # --- the one command on the smoke experiment ---------------------------------------------------------
@@ -147,7 +164,7 @@ def smoke(tmp_path_factory):
 
 def test_report_from_the_smoke_experiment(smoke):
     out = smoke / "analysis" / "smoke"
-    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "--experiment", "smoke", "--results", str(smoke)],
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "experiment=smoke", f"results={smoke}"],
                           cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     for name in ("table1.md", "table1.tex", "table1.csv", "table3.md", "table1_vs_paper.md", "report.md", "report.html"):

@@ -13,6 +13,7 @@ from benchmark.records import RUNS
 from benchmark.sampling import Sampler
 from benchmark.train import run
 from tests.helpers import METHOD_NAMES, fitted, tiny_run_config
+from tests.test_stopping import official_clip_s, official_dvar
 
 
 STRATEGY_NAMES = ["baseline", "clip_s", "few_iters", "few_iters_mean", "few_iters_max", "dvar"]
@@ -45,12 +46,22 @@ def test_every_method_and_strategy(method, strategy, results):
         assert (row["iterations"], row["stop_reason"]) == (s["steps"], "fixed_steps")
         assert list(evals.phase) == ["final"] and evals.step[0] == s["steps"]
     elif strategy == "clip_s":
-        assert row["stop_reason"] == "criterion" or row["iterations"] == s["max_steps"]
-        assert row["iterations"] == evals.step.iloc[-1], "CLIP-s stops at an evaluation step"
+        # the official rule on the logged checks says where the run must stop (or that it runs to its budget)
+        checks = evals[evals.phase == "in_loop"]
+        assert list(checks.step) == list(range(s["eval_every"], row["iterations"] + 1, s["eval_every"]))
+        fired = official_clip_s(list(checks.train_clip_img), s["patience"], s["eps"])
+        expected = (int(checks.step.iloc[fired]), "criterion") if fired is not None else (s["max_steps"], "max_steps")
+        assert (row["iterations"], row["stop_reason"]) == expected
     elif strategy == "dvar":
-        assert row["iterations"] >= s["window"], "no decision before more than N values"
-        ratio = steps.criterion.iloc[-1]
-        assert row["stop_reason"] == "max_steps" or ratio < s["threshold"]
+        # the official VarEarlyStopper on the logged L_det says where the run must stop, and the logged
+        # criterion is var(last N) / var(all) of the logged values, 1.0 before the first decision
+        fired = official_dvar(list(steps.l_det), s["window"], s["threshold"])
+        expected = (fired, "criterion") if fired is not None else (s["max_steps"], "max_steps")
+        assert (row["iterations"], row["stop_reason"]) == expected
+        h = steps.l_det.to_numpy()
+        ratios = [1.0 if k < s["window"] else h[k - s["window"] + 1:k + 1].var() / h[:k + 1].var()
+                  for k in range(len(h))]
+        assert np.allclose(steps.criterion, ratios, rtol=1e-12, atol=0)
     if strategy in ("baseline", "clip_s"):
         best = evals.loc[evals.train_clip_img.idxmax()]
         assert row["reported_step"] == best.step, "the best checkpoint by train CLIP img is reported"

@@ -1,25 +1,43 @@
-"""`python -m benchmark.weights [list|fetch|check] experiment=NAME | key=value ...`
-
-    python -m benchmark.weights fetch experiment=table1        # everything table1 loads, once, on a login node
-    python -m benchmark.weights fetch model=sd15 metrics=real  # the same, named by config groups
-    python -m benchmark.weights list experiment=table1         # what is cached where; no network, no writes
-    python -m benchmark.weights check experiment=table1        # load every model with the network off
-
-Files land in the libraries' own caches (HF_HOME or HF_HUB_CACHE for hub files, TORCH_HOME for
-torchvision's AlexNet), where the runs look for them; fetch is resumable and verifies each file.
-Without network it stops at once and lists every missing file, its URL and where to put it.
-"""
+"""`python -m benchmark.weights list|fetch|check experiment=NAME | key=value ...`: the weight files a config
+loads, fetched once into the libraries' own caches (`--help` explains every command)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from benchmark.cli_args import Spec, UsageError, fail
+from benchmark.cli_args import parse as parse_args
 from benchmark.errors import ConfigError
 from benchmark.weights.check import check_loads
 from benchmark.weights.files import required
 
-COMMANDS = ("list", "fetch", "check")
+PROG = "python -m benchmark.weights"
+SPECS = {c: Spec(overrides=True) for c in ("list", "fetch", "check")}
+HELP = f"""\
+usage: {PROG} list|fetch|check experiment=NAME | key=value ...
+
+The weight files a set of run configs loads: SD v1.5 at its pinned commit (only the files a run
+reads), OpenAI CLIP ViT-B/32 (open_clip), DINO ViT-S/16 (timm), torchvision's AlexNet for LPIPS.
+Files land in the libraries' own caches (HF_HOME or HF_HUB_CACHE for hub files, TORCH_HOME for
+AlexNet), where the runs look for them.
+
+commands:
+  list       what is cached where and what is missing (exit 1); no network, no writes
+  fetch      download what is missing (hub files resume) and verify each file; without network it stops
+             at once and lists every missing file, its URL and where to put it
+  check      load every model with the network off, as a run would; exit 1 on any failure
+
+keys:
+  experiment=NAME   every run config of that experiment (conf/experiments/NAME.yaml)
+  KEY=VALUE         run config overrides (model=sd15 metrics=real, model.variant=fp16, ...); without
+                    experiment=, the one run config they compose
+
+examples:
+  {PROG} fetch experiment=table1          # once, on a login node with network
+  {PROG} fetch model=sd15 metrics=real    # the same files, named by config groups
+  {PROG} list experiment=table1
+  {PROG} check experiment=table1
+"""
 
 
 def configs_for(overrides: list[str]) -> list[dict]:
@@ -36,11 +54,13 @@ def configs_for(overrides: list[str]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.weights", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=COMMANDS)
-    parser.add_argument("overrides", nargs="*", help="experiment=NAME and/or config overrides (model=sd15 ...)")
-    args = parser.parse_args(argv)
+    try:
+        args = parse_args(argv, PROG, SPECS)
+    except UsageError as err:
+        return fail(err)
+    if args.help:
+        print(HELP, end="")
+        return 0
     from benchmark.weights.fetch import fetch, status
 
     try:

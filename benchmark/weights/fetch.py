@@ -1,8 +1,8 @@
 """Fetch the missing weight files once, verify them, and say what is where.
 
 Hub files go through huggingface_hub (resumable `.incomplete` downloads into the shared hub cache);
-plain URLs (torchvision's AlexNet) through the project's resumable downloader into the torch hub
-cache. Verification needs no network: a hub cache names each blob by its content hash (the SHA-256
+plain URLs (torchvision's AlexNet, 233 MB) through torch.hub's downloader into the torch hub cache
+(verified, not resumable). Verification needs no network: a hub cache names each blob by its content hash (the SHA-256
 of LFS files, the git blob SHA-1 of small ones), and torchvision file names carry a SHA-256 prefix.
 Without network, `fetch` fails at once and names every missing file, its URL and where to put it.
 """
@@ -40,11 +40,9 @@ def _digest(path: Path, algorithm: str) -> str:
 
 
 def _git_blob_sha1(path: Path) -> str:
-    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    """Git's blob id: SHA-1 over a "blob <size>\0" header and the content (how the hub names small files)."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.sha1(f"blob {path.stat().st_size}\0".encode())).hexdigest()
 
 
 def verify(file: WeightFile, path: Path) -> str:
@@ -105,13 +103,17 @@ def offline_error(missing: list[WeightFile], hosts: list[str], command: str) -> 
 
 
 def _download_url(file: WeightFile) -> Path:
-    from benchmark.concepts.fetch import download
+    """torch.hub's own downloader (what torchvision uses for the same file): a temporary file, the
+    SHA-256 prefix of the name checked, then renamed into the cache."""
+    from torch.hub import download_url_to_file
 
     dest = torch_hub_dir() / "checkpoints" / file.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    download(file.url, part)  # resumes from the .part of an interrupted download
-    os.replace(part, dest)
+    try:
+        download_url_to_file(file.url, str(dest), hash_prefix=file.sha256_prefix(), progress=True)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a hash mismatch a RuntimeError
+        raise ConfigError(f"Could not download {file.url} to {dest} ({err}). Download it on a machine with "
+                          "network and copy it there.") from err
     return dest
 
 
