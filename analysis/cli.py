@@ -1,91 +1,155 @@
-"""`python -m analysis`: tables, figures and a report from an experiment's records; criterion replay.
-
-    python -m analysis report --experiment smoke                  # everything, into results/analysis/smoke/
-    python -m analysis tables --experiment table1
-    python -m analysis ablation --experiment ablation_timesteps   # Fig. 5 grid, Table 4, trend-to-noise
-    python -m analysis strided --experiment traces --every 2 5 10     # strided vs every-step DVAR
-    python -m analysis replay --experiment traces --criterion dvar --grid window=100,200,310 threshold=0.1,0.15
-"""
+"""`python -m analysis COMMAND experiment=NAME [key=value ...]`: tables, figures and a report from an
+experiment's records; criterion replay (`--help` explains every command and key)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
+import time
 import warnings
 from pathlib import Path
 
+from benchmark.cli_args import Spec, UsageError, as_list, as_number, fail, progress, require
+from benchmark.cli_args import parse as parse_args
 from benchmark.errors import ConfigError
 
+PROG = "python -m analysis"
+_COMMON = ("experiment", "results", "out")
+SPECS = {
+    "report": Spec(keys=_COMMON),
+    "tables": Spec(keys=_COMMON),
+    "ablation": Spec(keys=_COMMON),
+    "strided": Spec(keys=(*_COMMON, "strategy", "every", "window", "threshold")),
+    "replay": Spec(keys=(*_COMMON, "strategy", "criterion", "tuning_fraction", "target", "seed"), extra_keys=True,
+                   hints={"grid": "give each hyperparameter as its own key, e.g. window=100,310 threshold=0.1,0.15,"}),
+}
 
-def parse_grid(items: list[str]) -> dict[str, list]:
+HELP = """\
+usage: {prog} report|tables|ablation|strided|replay experiment=NAME [key=value ...]
+
+Tables, figures and a report from an experiment's records: exactly the runs of the sweep's current
+plan (results/work/NAME/plan.json). Reads Parquet only; no torch, no GPU. Everything lands in
+<results>/analysis/NAME/ unless out= says otherwise. Progress goes to stderr, results to stdout.
+
+commands:
+  report        Tables 1 and 3, beside the paper, figures, report.md and report.html
+  tables        Tables 1 and 3 only (.md, .tex, .csv)
+  ablation      evaluation-batch and timestep ablations: the L_det grid, Table 4, trend-to-noise
+  strided       DVAR with L_det every k steps against every step, replayed on full-length traces
+  replay        a stopping criterion on logged full-length traces, over a grid of its hyperparameters
+
+keys (every command):
+  experiment=NAME       the experiment whose records to read (required)
+  results=DIR           the results root the sweep wrote to (default: results)
+  out=DIR               where to write (default: <results>/analysis/NAME)
+
+keys (strided, replay):
+  strategy=NAME         which runs hold the traces (default: baseline)
+  every=2,5,10          strided: the strides k (default: 2,5,10)
+  window=N threshold=A  strided: DVAR's N and alpha (default: each run's method.protocol.dvar)
+
+keys (replay):
+  criterion=NAME        {criteria} (required)
+  KEY=V1,V2,...         the criterion's hyperparameters, each a list; the grid is their product:
+{hyperparameters}
+  tuning_fraction=0.5   share of the concepts the choice is tuned on (the rest are held out)
+  target=0.9            quality retained the chosen combination must reach on the tuning concepts
+  seed=0                seed of the tuning / held-out split
+
+examples:
+  {prog} report experiment=smoke
+  {prog} tables experiment=table1 results=/scratch/results
+  {prog} ablation experiment=ablation_timesteps
+  {prog} strided experiment=traces every=2,5,10
+  {prog} replay experiment=table1 criterion=dvar window=200,310,440 threshold=0.1,0.15,0.2
+"""
+
+
+def help_text() -> str:
+    from analysis.replay import CRITERIA
+
+    by_keys: dict[tuple, list[str]] = {}
+    for name, keys in CRITERIA.items():
+        by_keys.setdefault(tuple(keys), []).append(name)
+    lines = [f"{'':<24}{', '.join(names)}: {', '.join(keys)}" for keys, names in by_keys.items()]
+    return HELP.format(prog=PROG, criteria=" | ".join(CRITERIA), hyperparameters="\n".join(lines))
+
+
+def numbers(key: str, value: str, kind=float) -> list:
+    values = [as_number(key, v, kind) for v in as_list(value)]
+    if not values:
+        raise UsageError(f"{key}= needs at least one value, e.g. {key}=1,2.")
+    return values
+
+
+def replay_grid(options: dict, criterion: str) -> dict[str, list]:
+    """The criterion's hyperparameters among the options: KEY=V1,V2,... each."""
+    from analysis.replay import CRITERIA
+    from benchmark.registry import did_you_mean
+
+    if criterion not in CRITERIA:
+        raise UsageError(f"criterion={criterion}: not a criterion; choose from {', '.join(CRITERIA)}."
+                         + did_you_mean(criterion, CRITERIA))
     grid = {}
-    for item in items:
-        key, _, values = item.partition("=")
-        if not values:
-            raise ConfigError(f"--grid takes key=v1,v2,... (got {item!r})")
-        grid[key] = [float(v) if any(c in v for c in ".e") else int(v) for v in values.split(",")]
+    for key, value in options.items():
+        if key in SPECS["replay"].keys:
+            continue
+        if key not in CRITERIA[criterion]:
+            raise UsageError(f"unknown key `{key}`: {criterion} takes {', '.join(CRITERIA[criterion])}."
+                             + did_you_mean(key, CRITERIA[criterion]) + f" (see `{PROG} --help`)")
+        grid[key] = numbers(key, value, CRITERIA[criterion][key])
+    if not grid:
+        raise UsageError(f"give the grid: {PROG} replay criterion={criterion} "
+                         + " ".join(f"{k}=V1,V2" for k in CRITERIA[criterion]))
     return grid
 
 
-def logged_traces(args):
-    """(runs, traces) of the experiment's completed runs of `--strategy`, the input of replays."""
+def logged_traces(results: Path, experiment: str, strategy: str):
+    """(runs, traces) of the experiment's completed runs of `strategy`, the input of replays."""
     from analysis.load import completed_runs, evals_of, steps_of
     from analysis.replay import traces
 
-    runs = completed_runs(args.results, args.experiment)
-    runs = runs[runs.strategy == args.strategy]
+    progress(f"reading the {strategy} runs of {experiment} under {results}")
+    runs = completed_runs(results, experiment)
+    runs = runs[runs.strategy == strategy]
     if runs.empty:
-        raise ConfigError(f"no completed {args.strategy} runs in experiment {args.experiment}")
-    return runs, traces(runs, steps_of(args.results, args.experiment, runs.run_id),
-                        evals_of(args.results, args.experiment, runs.run_id))
+        raise ConfigError(f"no completed {strategy} runs in experiment {experiment} (strategy= picks another)")
+    progress(f"reading the steps and evaluations of {len(runs)} runs")
+    return runs, traces(runs, steps_of(results, experiment, runs.run_id), evals_of(results, experiment, runs.run_id))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("report", "tables, figures, report.md and report.html"), ("tables", "Tables 1 and 3 only"),
-                        ("ablation", "evaluation-batch and timestep ablations: L_det grid, Table 4, trend-to-noise"),
-                        ("strided", "DVAR with L_det every k steps vs every step, replayed on full-length traces"),
-                        ("replay", "evaluate a stopping criterion on logged full-length traces")):
-        s = sub.add_parser(name, help=help_, description=help_)
-        s.add_argument("--experiment", required=True)
-        s.add_argument("--results", type=Path, default=Path("results"))
-        s.add_argument("--out", type=Path, help="default: <results>/analysis/<experiment>")
-        if name in ("replay", "strided"):
-            s.add_argument("--strategy", default="baseline", help="which runs hold the traces (default: baseline)")
-        if name == "strided":
-            s.add_argument("--every", type=int, nargs="+", default=[2, 5, 10])
-            s.add_argument("--window", type=int, help="DVAR N (default: each run's method.protocol.dvar.window)")
-            s.add_argument("--threshold", type=float, help="DVAR alpha (default: each run's method.protocol)")
-        if name == "replay":
-            s.add_argument("--criterion", required=True, choices=["dvar", "clip_s", "ema", "hall", "trend", "fixed"])
-            s.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                           help="hyperparameter values, e.g. window=100,310 threshold=0.1,0.15 (one value: a single replay)")
-            s.add_argument("--tuning-fraction", type=float, default=0.5)
-            s.add_argument("--target", type=float, default=0.9, help="quality retained the choice must reach")
-            s.add_argument("--seed", type=int, default=0, help="seed of the tuning / held-out concept split")
-    args = p.parse_args(argv)
-    out = args.out or args.results / "analysis" / args.experiment
     try:
+        args = parse_args(argv, PROG, SPECS)
+        if args.help:
+            print(help_text(), end="")
+            return 0
+        experiment = require(args, "experiment", PROG, f"{args.command} experiment=NAME (e.g. experiment=smoke)")
+        results = Path(args.get("results", "results"))
+        out = Path(args["out"]) if args.get("out") else results / "analysis" / experiment
+        t0 = time.perf_counter()
         if args.command == "report":
             from analysis.report import build
 
-            files = build(args.results, args.experiment, out)
+            files = build(results, experiment, out, progress=progress)
+            progress(f"done in {time.perf_counter() - t0:.0f} s")
             print(f"wrote {len(files)} files to {out}; open {out / 'report.html'}")
         elif args.command == "ablation":
             from analysis.ablation import write
 
-            files = write(args.results, args.experiment, out)
+            progress(f"reading the records of {experiment} and writing the ablation tables and figures")
+            files = write(results, experiment, out)
             print((out / "ablation.md").read_text())
             print(f"wrote {', '.join(sorted(files))} to {out}")
         elif args.command == "tables":
             from analysis.load import completed_runs
             from analysis.tables import write_tables
 
+            progress(f"reading the runs of {experiment} under {results}")
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
-                files = write_tables(completed_runs(args.results, args.experiment), out)
+                runs = completed_runs(results, experiment)
+                progress(f"tables from {len(runs)} completed runs")
+                files = write_tables(runs, out)
             print((out / "table1.md").read_text())
             print((out / "table3.md").read_text())
             print(f"wrote {', '.join(sorted(files))} to {out}")
@@ -94,12 +158,16 @@ def main(argv: list[str] | None = None) -> int:
 
             from analysis.replay import strided_summary, strided_vs_every_step
 
-            runs, ts = logged_traces(args)
+            every = numbers("every", args.get("every", "2,5,10"), int)
+            window = as_number("window", args["window"], int) if args.get("window") else None
+            threshold = as_number("threshold", args["threshold"]) if args.get("threshold") else None
+            runs, ts = logged_traces(results, experiment, args.get("strategy", "baseline"))
             params = {}
             for r in runs.itertuples():
                 dvar = json.loads(r.config_json)["method"]["protocol"]["dvar"]
-                params[r.run_id] = {"window": args.window or dvar["window"], "threshold": args.threshold or dvar["threshold"]}
-            rows = strided_vs_every_step(ts, params, args.every)
+                params[r.run_id] = {"window": window or dvar["window"], "threshold": threshold or dvar["threshold"]}
+            progress(f"replaying DVAR on {len(ts)} traces at strides {', '.join(map(str, every))}")
+            rows = strided_vs_every_step(ts, params, every)
             out.mkdir(parents=True, exist_ok=True)
             rows.to_csv(out / "strided_dvar.csv", index=False)
             summary = strided_summary(rows)
@@ -109,17 +177,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from analysis.replay import grid_search
 
-            _, ts = logged_traces(args)
-            table = grid_search(ts, args.criterion, parse_grid(args.grid), args.tuning_fraction, args.seed, args.target)
+            criterion = require(args, "criterion", PROG, f"replay experiment={experiment} criterion=dvar|clip_s|"
+                                                         "ema|hall|trend|fixed KEY=V1,V2 ...")
+            grid = replay_grid(args.options, criterion)
+            fraction = as_number("tuning_fraction", args.get("tuning_fraction", "0.5"))
+            target = as_number("target", args.get("target", "0.9"))
+            seed = as_number("seed", args.get("seed", "0"), int)
+            _, ts = logged_traces(results, experiment, args.get("strategy", "baseline"))
+            combos = 1
+            for values in grid.values():
+                combos *= len(values)
+            progress(f"replaying {criterion} on {len(ts)} traces: {combos} combinations")
+            table = grid_search(ts, criterion, grid, fraction, seed, target)
             out.mkdir(parents=True, exist_ok=True)
-            path = out / f"replay_{args.criterion}.csv"
+            path = out / f"replay_{criterion}.csv"
             table.to_csv(path, index=False, float_format="%.6g")
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-            print(f"\nchosen on the tuning concepts (target retained >= {args.target}); held-out columns are the "
+            print(f"\nchosen on the tuning concepts (target retained >= {target}); held-out columns are the "
                   f"estimate. Written to {path}")
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, UsageError, FileNotFoundError) as err:
+        return fail(err)
     return 0
 
 

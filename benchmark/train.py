@@ -71,7 +71,7 @@ def run_trajectory(cfgs: list, share_models: bool = False, force: bool = False, 
         for cfg in cfgs:
             done = None if force else completed_record(cfg)
             if done is not None:
-                log.info("run %s already completed; skipping (force=true reruns it)", done["run_id"])
+                log.info("run %s already completed; skipping (--force reruns it)", done["run_id"])
                 rows[done["run_id"]] = done
                 continue
             row = read_row(cfg)

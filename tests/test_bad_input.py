@@ -120,7 +120,7 @@ def test_decompression_bomb_is_named_by_the_run_and_by_validate(tmp_path):
     with pytest.raises(ConfigError, match=r"huge\.png: the image declares more pixels than PIL decodes safely"):
         attempt(tmp_path / "results", tmp_path / "data")
     assert_nothing_recorded(tmp_path / "results")
-    proc = cli(["-m", "benchmark.concepts", "validate", "duck_toy", "--data", str(tmp_path / "data")])
+    proc = cli(["-m", "benchmark.concepts", "validate", "duck_toy", f"data={tmp_path / 'data'}"])
     assert proc.returncode == 1 and "huge.png" in proc.stdout and "more pixels than PIL decodes safely" in proc.stdout
 
 

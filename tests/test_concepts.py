@@ -114,8 +114,8 @@ def test_fetch_from_mirror_reproduces_the_folders(tmp_path, mirror, pins):
 def test_interrupted_fetch_completes_without_copying_finished_files(tmp_path, mirror, pins):
     names = [c.name for c in PAPER if c.source == "dreambooth"] if mirror == SHARED_DREAMBOOTH else SUBSET
     total = sum(len(pins[n]) for n in names)
-    cmd = [sys.executable, "-m", "benchmark.concepts", "fetch", *names, "--data", str(tmp_path),
-           "--from", str(mirror), "--quiet"]
+    cmd = [sys.executable, "-m", "benchmark.concepts", "fetch", *names, f"data={tmp_path}",
+           f"from={mirror}", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -217,7 +217,7 @@ def test_conversions_give_the_right_pixels(awkward):
 def test_validate_cli_exit_code_and_table(tmp_path, mirror, pins):
     data = tmp_path / "data"
     shutil.copytree(mirror / get_concept("duck_toy").source_folder, data / "duck_toy")
-    run = [sys.executable, "-m", "benchmark.concepts", "validate", "duck_toy", "--data", str(data)]
+    run = [sys.executable, "-m", "benchmark.concepts", "validate", "duck_toy", f"data={data}"]
     ok = subprocess.run(run, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "duck_toy" in ok.stdout and " ok " in ok.stdout
     (data / "duck_toy" / "01.jpg").write_bytes(b"garbage")

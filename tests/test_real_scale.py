@@ -111,7 +111,7 @@ def test_filled_caches_are_found_verified_and_checked(filled_caches):
 def test_preflight_passes_offline_and_the_dry_run_prices_table1(filled_caches, tmp_path):
     data = concept_data(tmp_path / "data", "dog", "cat")
     args = ["-m", "benchmark.sweep", "experiment=table1", f"paths.data={data}", f"paths.results={tmp_path / 'results'}",
-            f"paths.cache={tmp_path / 'cache'}", "--dry-run", "--concepts", "dog", "cat"]
+            f"paths.cache={tmp_path / 'cache'}", "--dry-run", "concept=dog,cat"]
     proc = cli(args, hub_env(filled_caches))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -132,7 +132,7 @@ def test_preflight_lists_every_failure_at_once(filled_caches, tmp_path):
     blocker.write_text("")
     env = {**hub_env(filled_caches), "TORCH_HOME": str(tmp_path / "empty_torch_home")}  # AlexNet is missing
     proc = cli(["-m", "benchmark.preflight", "experiment=table1", f"paths.data={data}",
-                f"paths.results={blocker / 'results'}", "method.learning_rate=-1", "--concepts", "dog", "cat"], env)
+                f"paths.results={blocker / 'results'}", "method.learning_rate=-1", "concept=dog,cat"], env)
     assert proc.returncode == 2
     err = proc.stderr
     assert "the sweep cannot start: 4 problems, nothing was submitted" in err

@@ -1,4 +1,5 @@
-"""`python -m benchmark.concepts {list,show,fetch,validate}`: the 48 concepts on disk."""
+"""`python -m benchmark.concepts list|show|fetch|validate [NAME ...] [key=value ...]`: the 48 concepts on
+disk (`--help` explains every command and key)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import os
 import sys
 from pathlib import Path
 
+from benchmark.cli_args import Spec, UsageError, fail
+from benchmark.cli_args import parse as parse_args
 from benchmark.concepts.fetch import fetch, pinned_checksums
 from benchmark.concepts.images import image_files
 from benchmark.concepts.manifest import get_concept, load_manifest
 from benchmark.concepts.validate import format_reports, validate_folder
 from benchmark.errors import ConfigError
+from benchmark.registry import did_you_mean
 
 DEFAULT_DATA = os.environ.get("DVAR_DATA", "data")
 
@@ -72,40 +76,70 @@ def cmd_validate(args) -> int:
     return 1 if any(r.status != "ok" for r in reports) else 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark.concepts", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+PROG = "python -m benchmark.concepts"
+SOURCES = ("dreambooth", "custom_diffusion", "textual_inversion")
+SPECS = {
+    "list": Spec(keys=("data", "source")),
+    "show": Spec(keys=("data",), words=True),
+    "fetch": Spec(keys=("data", "source", "from"), switches=("quiet",), words=True),
+    "validate": Spec(keys=("data", "source"), words=True),
+}
+COMMANDS = {"list": cmd_list, "show": cmd_show, "fetch": cmd_fetch, "validate": cmd_validate}
 
-    def add(name, help_, fn):
-        s = sub.add_parser(name, help=help_, description=help_)
-        s.add_argument("--data", type=Path, default=Path(DEFAULT_DATA),
-                       help="data root holding <concept>/ folders (env DVAR_DATA; default: %(default)s)")
-        s.set_defaults(fn=fn)
-        return s
+HELP = f"""\
+usage: {PROG} list|show|fetch|validate [NAME ...] [key=value ...] [--quiet]
 
-    s = add("list", "every concept of the manifest: source, class, images present / expected", cmd_list)
-    s.add_argument("--source", choices=["dreambooth", "custom_diffusion", "textual_inversion", "bundled"])
-    s = add("show", "one concept: manifest fields, folder, every file and its check", cmd_show)
-    s.add_argument("name")
-    s = add("fetch", "download (or copy from --from) concepts into the data root; resumable", cmd_fetch)
-    s.add_argument("names", nargs="*", help="concept names (default: all 48)")
-    s.add_argument("--source", choices=["dreambooth", "custom_diffusion", "textual_inversion"])
-    s.add_argument("--from", type=Path, metavar="DIR",
-                   help="local mirror: DIR/<folder>/ (DreamBooth, TI) or DIR/data.zip, DIR/data/<folder>/ (CD)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s = add("validate", "decode every image; report conversions, duplicates, bad and missing files", cmd_validate)
-    s.add_argument("names", nargs="*", help="concept names (default: all 48)")
-    s.add_argument("--source", choices=["dreambooth", "custom_diffusion", "textual_inversion"])
-    return p
+The paper's 48 concepts (concepts/manifest.csv) on disk: which are present, fetching them (resumable,
+checksums verified), and decoding every image before a run does.
+
+commands:
+  list                  every concept of the manifest: source, class, images present / expected
+  show NAME             one concept: manifest fields, folder, every file and its check
+  fetch [NAME ...]      download (or copy from a local mirror) into the data root; default: all 48
+  validate [NAME ...]   decode every image: conversions, duplicates, bad and missing files (exit 1)
+
+keys:
+  data=DIR              data root holding <concept>/ folders (env DVAR_DATA; default: {DEFAULT_DATA})
+  source=NAME           only {' | '.join(SOURCES)} (list: also bundled)
+  from=DIR              fetch from a local mirror: DIR/<folder>/ (DreamBooth, TI) or DIR/data.zip (CD)
+
+switches:
+  --quiet               fetch: no progress bar
+
+examples:
+  {PROG} fetch data=/scratch/dvar
+  {PROG} fetch source=dreambooth from=~/mirrors/dreambooth/dataset
+  {PROG} validate data=/scratch/dvar
+  {PROG} list data=/scratch/dvar
+  {PROG} show cat1 data=/scratch/dvar
+"""
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace | None:
+    p = parse_args(argv, PROG, SPECS)
+    if p.help:
+        return None
+    source = p.get("source")
+    allowed = (*SOURCES, "bundled") if p.command == "list" else SOURCES
+    if source is not None and source not in allowed:
+        raise UsageError(f"source={source}: choose one of {', '.join(allowed)}." + did_you_mean(source, allowed))
+    if p.command == "show" and len(p.words) != 1:
+        raise UsageError(f"name one concept: {PROG} show NAME (e.g. show cat1)")
+    return argparse.Namespace(
+        command=p.command, fn=COMMANDS[p.command], names=p.words, name=p.words[0] if p.words else None,
+        data=Path(p.get("data", DEFAULT_DATA)).expanduser(), source=source, quiet="quiet" in p.switches,
+        **{"from": Path(p["from"]).expanduser() if p.get("from") else None})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        args = arguments(argv)
+        if args is None:
+            print(HELP, end="")
+            return 0
         return args.fn(args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, UsageError) as err:
+        return fail(err)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 Idempotent and resumable: a finished file (checksum verified where one is pinned) is never fetched
 again; a file is written as `<name>.part` and renamed when complete, and an interrupted download
 continues from its `.part`. The checksums of everything fetched are recorded in
-`<data>/CHECKSUMS.csv`. `--from DIR` takes a local mirror instead of the network: DIR/<folder>/ for
+`<data>/CHECKSUMS.csv`. `from=DIR` takes a local mirror instead of the network: DIR/<folder>/ for
 DreamBooth and TI, DIR/data.zip or DIR/data/<folder>/ for Custom Diffusion.
 """
 
@@ -84,13 +84,13 @@ def download(url: str, part: Path, timeout: float = 30.0) -> None:
     except (urllib.error.URLError, OSError) as err:
         raise ConfigError(
             f"Could not download {url} ({err}). On a machine without network, fetch on one that has it "
-            "and copy the data folder, or pass --from DIR with a local mirror."
+            "and copy the data folder, or pass from=DIR with a local mirror."
         ) from err
 
 
 def copy_file(source: Path, part: Path) -> None:
     if not source.is_file():
-        raise ConfigError(f"--from mirror: {source} is missing. The mirror needs the source's layout "
+        raise ConfigError(f"from= mirror: {source} is missing. The mirror needs the source's layout "
                           "(see `python -m benchmark.concepts fetch --help`).")
     shutil.copyfile(source, part)
 

@@ -69,7 +69,7 @@ def concept_folder(name: str, data_root: Path) -> Path:
     if not folder.is_dir():
         raise ConfigError(
             f"Concept '{name}': folder {folder} does not exist. Fetch it with "
-            f"`python -m benchmark.concepts fetch {name} --data {data_root}` or set paths.data "
+            f"`python -m benchmark.concepts fetch {name} data={data_root}` or set paths.data "
             "(env DVAR_DATA) to where the concepts live."
         )
     return folder

@@ -45,7 +45,7 @@ def concepts(jobs, data: Path) -> list[str]:
     if absent:
         names = " ".join(absent) + " " if len(absent) <= 5 else ""
         problems.insert(0, f"{len(absent)} concepts have no folder under paths.data={data}: {', '.join(absent)}. "
-                           f"Fetch them with `python -m benchmark.concepts fetch {names}--data {data}` or set "
+                           f"Fetch them with `python -m benchmark.concepts fetch {names}data={data}` or set "
                            "paths.data (env DVAR_DATA) to where the concepts live.")
     return problems
 

@@ -1,18 +1,5 @@
-"""`python -m benchmark.sweep`: run an experiment's grid, locally or on Slurm, and watch it.
-
-    python -m benchmark.sweep experiment=smoke                      # local, offline, tiny model
-    python -m benchmark.sweep experiment=table1 launcher=slurm --profile slurm/a100.yaml
-    python -m benchmark.sweep status experiment=table1              # done / failed / running / pending
-    python -m benchmark.sweep experiment=table1 --concepts cat dog --methods textual_inversion
-    python -m benchmark.sweep preflight experiment=table1 launcher=slurm --profile slurm/a100.yaml
-    python -m benchmark.sweep list                                  # the committed experiments
-
-Arguments of the form key=value are Hydra overrides for every run (`paths.results=/scratch/res`,
-`launcher.partition=a100`, ...). Completed runs are skipped; failed runs rerun with --rerun-failed.
-Before anything runs or is submitted, the preflight checks configs, images, weights (offline), class
-images, the results folder and the Slurm partition, lists every failure at once, and prices the sweep
-from the launcher's timing profile (`preflight` runs only that).
-"""
+"""`python -m benchmark.sweep [run|status|preflight|list] experiment=NAME [key=value ...] [--switch ...]`:
+run an experiment's grid, locally or on Slurm, and watch it (`--help` explains every key)."""
 
 from __future__ import annotations
 
@@ -25,8 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from benchmark.cli_args import Spec, UsageError, as_list, as_number, fail
+from benchmark.cli_args import parse as parse_args
 from benchmark.errors import ConfigError
-from benchmark.sweep.plan import (Composer, Job, available_experiments, expand, load_experiment,
+from benchmark.sweep.plan import (GRID_KEYS, Composer, Job, available_experiments, expand, load_experiment,
                                   read_submissions, record_derivation, record_submissions, resolve_derived,
                                   statuses, trajectories, waiting_trajectories, write_plan)
 
@@ -35,33 +24,74 @@ STATES = ("done", "damaged", "failed", "cancelled", "running", "requeued", "queu
 RERUN = ("failed", "damaged", "cancelled")  # what --rerun-failed runs again
 DEFAULT_TIMEOUT_MIN = 180  # launcher.timeout_min=auto without a timing profile for the model
 
-
+PROG = "python -m benchmark.sweep"
 COMMANDS = ("run", "status", "preflight", "list")
+_NARROW = {"methods": "method", "strategies": "strategy", "concepts": "concept", "seeds": "seed"}
+_KEYS = ("experiment", "profile", *GRID_KEYS)
+SPECS = {
+    "run": Spec(keys=_KEYS, switches=("dry-run", "rerun-failed", "wait"), overrides=True, renamed=_NARROW),
+    "status": Spec(keys=_KEYS, overrides=True, renamed=_NARROW),
+    "preflight": Spec(keys=_KEYS, overrides=True, renamed=_NARROW),
+    "list": Spec(),
+}
+
+HELP = f"""\
+usage: {PROG} [run|status|preflight|list] experiment=NAME [key=value ...] [--switches]
+
+Run an experiment's grid (conf/experiments/NAME.yaml), locally or on Slurm, and watch it. Completed
+runs are skipped, unfinished ones resume. Before anything runs or is submitted, the preflight checks
+configs, images, weights (offline), class images, the results folder and the Slurm partition, lists
+every failure at once, and prices the sweep from the launcher's timing profile.
+
+commands:
+  run (default)      preflight, then run or submit every run that is not done
+  status             each run's state per method x strategy, failures with their logs; writes nothing
+  preflight          the checks and the cost only (same as python -m benchmark.preflight)
+  list               the committed experiments and the command that runs each
+
+keys:
+  experiment=NAME    the grid: a name from `list`, or a path to a YAML file (required)
+  method=A,B         only these methods of the grid; likewise strategy=, concept=, seed=
+  profile=FILE       launcher keys merged over conf/launcher/<launcher>.yaml (e.g. slurm/a100.yaml)
+  launcher=slurm     submit to Slurm (default: local); launcher.KEY=VALUE sets one launcher key
+                     (launcher.workers=2, launcher.partition=a100, launcher.timeout_min=120 ...)
+  KEY=VALUE          any other key is a run config override for every run (paths.results=DIR,
+                     ldet.every=10, ...; `python -m benchmark.run --help` lists them)
+
+switches (run only):
+  --dry-run          print what would run; run and write nothing
+  --rerun-failed     run failed, damaged and cancelled runs again (they resume where they can)
+  --wait             Slurm: wait until every submitted job has ended, then print the status
+
+examples:
+  {PROG} experiment=smoke                  # local, offline, tiny model, ~2 min
+  {PROG} experiment=table1 launcher=slurm profile=slurm/a100.yaml
+  {PROG} status experiment=table1
+  {PROG} experiment=table1 concept=cat,dog method=textual_inversion --dry-run
+  {PROG} experiment=table1 --rerun-failed
+  {PROG} list
+"""
 
 
 def parse(argv):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
-    p = argparse.ArgumentParser(prog="python -m benchmark.sweep [run|status|preflight|list]", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("overrides", nargs="*", help="experiment=NAME (required) and Hydra overrides for every run")
-    p.add_argument("--profile", type=Path, help="YAML of launcher keys merged over the launcher config "
-                                                "(e.g. slurm/a100.yaml)")
-    for key in ("methods", "strategies", "concepts", "seeds"):
-        p.add_argument(f"--{key}", nargs="+", help=f"only these {key} of the grid")
-    p.add_argument("--rerun-failed", action="store_true", help="run failed runs again (they resume if they can)")
-    p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
-    p.add_argument("--wait", action="store_true", help="slurm: wait until every submitted job has ended")
-    args = p.parse_args(argv)
-    args.command = command
-    return args
+    p = parse_args(argv, PROG, SPECS, default="run")
+    if p.help:
+        return argparse.Namespace(help=True, command=p.command)
+    o = p.options
+    narrow = {key: as_list(o.get(key)) or None for key in GRID_KEYS}
+    return argparse.Namespace(
+        help=False, command=p.command,
+        overrides=([f"experiment={o['experiment']}"] if o.get("experiment") else []) + p.overrides,
+        profile=Path(o["profile"]) if o.get("profile") else None,
+        methods=narrow["method"], strategies=narrow["strategy"], concepts=narrow["concept"], seeds=narrow["seed"],
+        rerun_failed="rerun-failed" in p.switches, dry_run="dry-run" in p.switches, wait="wait" in p.switches)
 
 
 def split_overrides(overrides: list[str]) -> tuple[str, list[str]]:
     experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     if not experiments:
-        raise ConfigError("Name the experiment: experiment=<name>. Committed experiments: "
-                          + ", ".join(available_experiments()))
+        raise ConfigError(f"name the experiment: {PROG} experiment=NAME (committed: "
+                          + ", ".join(available_experiments()) + ").")
     return experiments[-1], [o for o in overrides if not o.startswith("experiment=")]
 
 
@@ -69,12 +99,14 @@ def plan(args) -> tuple[dict, list[Job], dict, Composer]:
     name, overrides = split_overrides(args.overrides)
     exp = load_experiment(name)
     narrow = {"method": args.methods, "strategy": args.strategies, "concept": args.concepts,
-              "seed": [int(s) for s in args.seeds] if args.seeds else None}
+              "seed": [as_number("seed", s, int) for s in args.seeds] if args.seeds else None}
     composer = Composer()
     jobs = expand(exp, overrides, narrow, composer)
     any_cfg = next((j.cfg for j in jobs if j.cfg), None) or composer(jobs[0].overrides, jobs[0].concept, jobs[0].seed)
     launcher = dict(any_cfg["launcher"])
     if args.profile:
+        if not args.profile.is_file():
+            raise ConfigError(f"profile={args.profile}: no such file (e.g. profile=slurm/a100.yaml).")
         launcher.update(yaml.safe_load(args.profile.read_text()) or {})
     return exp, jobs, {"launcher": launcher, "results": Path(any_cfg["paths"]["results"]).expanduser(),
                        "data": Path(any_cfg["paths"]["data"]).expanduser()}, composer
@@ -217,9 +249,15 @@ def run_slurm(exp, jobs, env, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmark.run import setup_logging
+    from benchmark.run import check_groups, setup_logging
 
-    args = parse(argv)
+    try:
+        args = parse(argv)
+    except UsageError as err:
+        return fail(err)
+    if args.help:
+        print(HELP, end="")
+        return 0
     setup_logging()
     try:
         if args.command == "list":
@@ -227,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = (Path(load_experiment(name)["path"]).read_text().splitlines() or [""])[0]
                 print(f"{name:<26}{first.lstrip('# ')}")
             return 0
+        check_groups(args.overrides)
         exp, jobs, env, composer = plan(args)
         derived = resolve_derived(jobs, env["results"], composer)
         if args.command == "status":  # read only: status writes nothing
@@ -242,9 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         if env["launcher"].get("name") == "slurm":
             return run_slurm(exp, jobs, env, args)
         return run_local(exp, jobs, env, composer, args)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ConfigError, UsageError) as err:
+        return fail(err)
 
 
 if __name__ == "__main__":
