@@ -109,3 +109,14 @@ def test_committed_experiments_expand(name, capsys):
         if job.cfg is not None:
             validate(job.cfg)
     assert {j.derive for j in jobs} == {None, "mean", "max"}
+
+
+def test_a_narrowed_sweep_keeps_the_whole_grid_in_the_plan(tmp_path):
+    """Analysis reads the plan: running one seed of the grid must not hide the other seed's runs."""
+    results = tmp_path / "results"
+    assert sweep([f"experiment={experiment(tmp_path)}", f"paths.results={results}", "seed=59", "strategy=dvar"]) == 0
+    plan = json.loads(records.plan_file(results, "mini").read_text())
+    assert len(plan["run_ids"]) == 4, "clip_s and dvar of both seeds"
+    assert len(plan["waiting"]) == 4, "the Few-iters runs of both seeds wait for their CLIP-s runs"
+    ran = set(records.read(results, "runs").run_id)
+    assert len(ran) == 1 and ran < set(plan["run_ids"])

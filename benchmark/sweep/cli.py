@@ -95,6 +95,16 @@ def split_overrides(overrides: list[str]) -> tuple[str, list[str]]:
     return experiments[-1], [o for o in overrides if not o.startswith("experiment=")]
 
 
+def whole_grid(args, exp: dict, jobs: list[Job], env: dict, composer: Composer) -> list[Job]:
+    """The runs the experiment's plan lists for analysis: the whole grid, even when this launch
+    narrowed it (a sweep of one method must not hide the others' runs from the tables)."""
+    if not any((args.methods, args.strategies, args.concepts, args.seeds)):
+        return jobs
+    everything = expand(exp, split_overrides(args.overrides)[1], None, composer)
+    resolve_derived(everything, env["results"], composer)
+    return everything
+
+
 def plan(args) -> tuple[dict, list[Job], dict, Composer]:
     name, overrides = split_overrides(args.overrides)
     exp = load_experiment(name)
@@ -191,7 +201,7 @@ def run_local(exp, jobs, env, composer, args) -> int:
             path = record_derivation(env["results"], exp["name"], derived)
             print("Few-iters steps derived from CLIP-s: " + ", ".join(
                 f"{m} mean {d['mean']} max {d['max']}" for m, d in derived.items()) + f" (recorded in {path})")
-            write_plan(env["results"], exp["name"], jobs)
+            write_plan(env["results"], exp["name"], whole_grid(args, exp, jobs, env, composer))
     final = statuses(jobs, env["results"], exp["name"])
     print_status(exp, jobs, final, env["results"])
     return 1 if failures or "failed" in final else 0  # earlier failures leave the experiment incomplete too
@@ -277,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if ok else 2
         if not args.dry_run:
             record_derivation(env["results"], exp["name"], derived)
-            write_plan(env["results"], exp["name"], jobs)
+            write_plan(env["results"], exp["name"], whole_grid(args, exp, jobs, env, composer))
         if env["launcher"].get("name") == "slurm":
             return run_slurm(exp, jobs, env, args)
         return run_local(exp, jobs, env, composer, args)
