@@ -1,4 +1,4 @@
-# make smoke   the main job on the embedded default (tiny model, bundled concept, offline)
+# make smoke   the main job on the embedded default: the toy world, 3 methods x 5 strategies, then the report
 # make test    the test suite (what CI runs, see .ci/run)
 # make real-shape  every method x strategy at SD v1.5's real shape (512 px, random weights), about an hour on 2 cores
 # Both create .venv and install the pinned stack on first use.
@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 smoke: install
-	$(PY) -m benchmark.sweep experiment=smoke
+	$(PY) -m benchmark.sweep experiment=toy_smoke
+	$(PY) -m analysis report experiment=toy_smoke
 
 test: install
 	$(PY) -m pytest -q

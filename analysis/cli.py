@@ -19,7 +19,8 @@ SPECS = {
     "tables": Spec(keys=_COMMON),
     "ablation": Spec(keys=_COMMON),
     "strided": Spec(keys=(*_COMMON, "strategy", "every", "window", "threshold")),
-    "replay": Spec(keys=(*_COMMON, "strategy", "criterion", "tuning_fraction", "target", "seed"), extra_keys=True,
+    "replay": Spec(keys=(*_COMMON, "strategy", "method", "criterion", "tuning_fraction", "target", "seed"),
+                   extra_keys=True,
                    hints={"grid": "give each hyperparameter as its own key, e.g. window=100,310 threshold=0.1,0.15,"}),
 }
 
@@ -49,6 +50,7 @@ keys (strided, replay):
 
 keys (replay):
   criterion=NAME        {criteria} (required)
+  method=NAME           only this method's traces (the paper tunes each method's criterion on its own)
   KEY=V1,V2,...         the criterion's hyperparameters, each a list; the grid is their product:
 {hyperparameters}
   tuning_fraction=0.5   share of the concepts the choice is tuned on (the rest are held out)
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
             files = build(results, experiment, out, progress=progress)
             progress(f"done in {time.perf_counter() - t0:.0f} s")
+            print((out / "table1.md").read_text())
             print(f"wrote {len(files)} files to {out}; open {out / 'report.html'}")
         elif args.command == "ablation":
             from analysis.ablation import write
@@ -178,19 +181,23 @@ def main(argv: list[str] | None = None) -> int:
             from analysis.replay import grid_search
 
             criterion = require(args, "criterion", PROG, f"replay experiment={experiment} criterion=dvar|clip_s|"
-                                                         "ema|hall|trend|fixed KEY=V1,V2 ...")
+                                                         "ema|hall|trend|trend_relative|fixed KEY=V1,V2 ...")
             grid = replay_grid(args.options, criterion)
             fraction = as_number("tuning_fraction", args.get("tuning_fraction", "0.5"))
             target = as_number("target", args.get("target", "0.9"))
             seed = as_number("seed", args.get("seed", "0"), int)
             _, ts = logged_traces(results, experiment, args.get("strategy", "baseline"))
+            if args.get("method"):
+                ts = [t for t in ts if t.method == args["method"]]
+                if not ts:
+                    raise ConfigError(f"method={args['method']}: no traces of that method in {experiment}.")
             combos = 1
             for values in grid.values():
                 combos *= len(values)
             progress(f"replaying {criterion} on {len(ts)} traces: {combos} combinations")
             table = grid_search(ts, criterion, grid, fraction, seed, target)
             out.mkdir(parents=True, exist_ok=True)
-            path = out / f"replay_{criterion}.csv"
+            path = out / f"replay_{criterion}{'_' + args['method'] if args.get('method') else ''}.csv"
             table.to_csv(path, index=False, float_format="%.6g")
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             print(f"\nchosen on the tuning concepts (target retained >= {target}); held-out columns are the "

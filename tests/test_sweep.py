@@ -94,7 +94,10 @@ def test_unknown_experiment_suggests(capsys):
     assert "Did you mean: smoke" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["smoke", "table1"])
+SIZES = {"smoke": 15, "table1": 720, "toy_smoke": 15, "toy_tuning": 12, "toy_table1": 120}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
 def test_committed_experiments_expand(name, capsys):
     """The first comment is the command; the grid composes into valid run configs."""
     from benchmark.config import validate
@@ -104,11 +107,21 @@ def test_committed_experiments_expand(name, capsys):
     first = Path(exp["path"]).read_text().splitlines()[0]
     assert first.startswith(f"# python -m benchmark.sweep experiment={name}")
     jobs = expand(exp, [])
-    assert len(jobs) == {"smoke": 15, "table1": 720}[name]
+    assert len(jobs) == SIZES[name]
     for job in jobs:
         if job.cfg is not None:
             validate(job.cfg)
-    assert {j.derive for j in jobs} == {None, "mean", "max"}
+    strategies = set(exp["grid"]["strategy"])
+    assert {j.derive for j in jobs} == ({None, "mean", "max"} if "few_iters_mean" in strategies else {None})
+
+
+def test_the_toy_table_is_reported_on_concepts_it_was_not_tuned_on():
+    from benchmark.sweep.plan import load_experiment
+
+    table, tuning = load_experiment("toy_table1"), load_experiment("toy_tuning")
+    assert tuning["overrides"] == table["overrides"] and tuning["per_method"] == table["per_method"]
+    assert len(table["grid"]["concept"]) == len(tuning["grid"]["concept"]) == 4
+    assert not set(table["grid"]["concept"]) & set(tuning["grid"]["concept"])
 
 
 def test_a_narrowed_sweep_keeps_the_whole_grid_in_the_plan(tmp_path):

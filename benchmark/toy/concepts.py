@@ -2,7 +2,8 @@
 
 `python -m benchmark.toy.concepts` (re)writes concepts/toy/<name>/ deterministically; the files
 are shipped, and a test checks that they regenerate bit for bit. Validation prompts put the
-object in contexts (sizes, backgrounds, positions) that its training images do not show.
+object in places and sizes that its training images do not show, on the training background: the
+toy CLIP encodes whole scenes, so a new background would dominate Val CLIP img and hide the object.
 """
 
 from __future__ import annotations
@@ -15,8 +16,18 @@ import numpy as np
 from benchmark.toy import world
 
 N_IMAGES = 4
-VAL_PROMPTS = ("a small {} on a pink background at the top", "a large {} on a beige background at the left",
-               "a small {} on a gray background at the bottom", "a large {} on a pink background at the right")
+# Training images: center (small and large), left, top; validation: right and bottom, both sizes.
+TRAIN_PLACES = (("small", "center"), ("large", "center"), (None, "left"), (None, "top"))
+VAL_PLACES = (("small", "right"), ("large", "bottom"), ("large", "right"), ("small", "bottom"))
+
+
+def background(obj: tuple[str, str, str]) -> str:
+    """Dark, so the object stands out; navy where black would hide the dots."""
+    return "navy" if obj[2] == "dotted" else "black"
+
+
+def val_prompts(obj: tuple[str, str, str]) -> list[str]:
+    return [f"a {size} {{}} on a {background(obj)} background at the {pos}" for size, pos in VAL_PLACES]
 
 
 def name(obj: tuple[str, str, str]) -> str:
@@ -25,12 +36,9 @@ def name(obj: tuple[str, str, str]) -> str:
 
 
 def concept_scenes(obj: tuple[str, str, str], seed: int) -> list[world.Scene]:
-    """Training scenes on a dark background (navy where black would hide the dots), so that the
-    validation prompts' backgrounds are new contexts."""
     rng = np.random.default_rng(seed)
-    background = "navy" if obj[2] == "dotted" else "black"
-    return [world.Scene(*obj, size=str(rng.choice(list(world.SIZES))), position=pos, background=background)
-            for pos in ("center", "left", "right", "top")][:N_IMAGES]
+    return [world.Scene(*obj, size=size or str(rng.choice(list(world.SIZES))), position=pos, background=background(obj))
+            for size, pos in TRAIN_PLACES][:N_IMAGES]
 
 
 def write(root: Path, seed: int = 7) -> list[Path]:
