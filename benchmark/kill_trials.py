@@ -86,16 +86,20 @@ def finish(cmd: list[str]) -> float:
     raise RuntimeError("the relaunched sweep did not finish")
 
 
-def same(a: Path, b: Path) -> bool:
+def difference(a: Path, b: Path) -> str:
+    """What differs between two results folders' records (timing aside); "" when nothing does."""
     from benchmark import records
 
     for table, keys in (("runs", ["run_id"]), ("steps", ["run_id", "step"]), ("evals", ["run_id", "step", "phase"])):
         x, y = (records.read(r, table) for r in (a, b))
         x, y = (d.drop(columns=[c for c in TIMING if c in d.columns]).sort_values(keys).reset_index(drop=True)
                 for d in (x, y))
-        if not x.equals(y):
-            return False
-    return True
+        if x.shape != y.shape:
+            return f"{table}: {x.shape[0]} rows against {y.shape[0]}"
+        columns = [c for c in x.columns if not x[c].equals(y[c])]
+        if columns:
+            return f"{table}: {', '.join(columns)} differ"
+    return ""
 
 
 def trial(tmp: Path, name: str, exp: Path, clean: tuple[Path, float], extra: list[str], moment: str | None,
@@ -107,7 +111,8 @@ def trial(tmp: Path, name: str, exp: Path, clean: tuple[Path, float], extra: lis
     if killed and rng.random() < 0.5:  # sometimes a second kill, of the relaunch
         kill_at(cmd, results, None, rng.uniform(0.1, 0.9) * seconds)
     finish(cmd)
-    return ("identical" if same(reference, results) else "DIFFERENT") + ("" if killed else " (ended before the kill)")
+    diff = difference(reference, results)
+    return ("identical" if not diff else f"DIFFERENT ({diff})") + ("" if killed else " (ended before the kill)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             counts[result] = counts.get(result, 0) + 1
     total = args.trials + args.sweeps
     print(f"\n{total} trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    return 0 if not any("DIFFERENT" in k for k in counts) else 1
+    return 0 if not any(k.startswith("DIFFERENT") for k in counts) else 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -151,6 +152,19 @@ def test_other_criteria_and_grid_search(live):
     for row in table.itertuples():
         r = replay(trace, "dvar", {"window": row.window, "threshold": row.threshold})
         assert row.tuning_mean_stop == r["stop_step"] and row.tuning_speedup == trace.length / r["stop_step"]
+
+
+def test_replay_command_tunes_one_method_at_a_time(live, capsys):
+    from analysis.cli import main as analysis
+
+    results, _ = live
+    args = ["replay", "experiment=replay", f"results={results}", "criterion=dvar", "window=4,6", "threshold=0.5"]
+    assert analysis([*args, "method=textual_inversion"]) == 0
+    table = pd.read_csv(results / "analysis" / "replay" / "replay_dvar_textual_inversion.csv")
+    assert list(table.window) == [4, 6] and table.tuning_n.tolist() == [1, 1]
+    capsys.readouterr()
+    assert analysis([*args, "method=custom_diffusion"]) == 2
+    assert "method=custom_diffusion: no traces of that method" in capsys.readouterr().err
 
 
 # --- the one command on the smoke experiment ---------------------------------------------------------

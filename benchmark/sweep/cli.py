@@ -96,13 +96,15 @@ def split_overrides(overrides: list[str]) -> tuple[str, list[str]]:
 
 
 def whole_grid(args, exp: dict, jobs: list[Job], env: dict, composer: Composer) -> list[Job]:
-    """The runs the experiment's plan lists for analysis: the whole grid, even when this launch
-    narrowed it (a sweep of one method must not hide the others' runs from the tables)."""
+    """The runs the experiment's plan lists for analysis: the whole grid and this launch's runs, even
+    when it narrowed the grid (a sweep of one method must not hide the others' runs from the tables)
+    or swapped values in (concept=sample_duck_toy for an offline try of a real-concept grid)."""
     if not any((args.methods, args.strategies, args.concepts, args.seeds)):
         return jobs
     everything = expand(exp, split_overrides(args.overrides)[1], None, composer)
     resolve_derived(everything, env["results"], composer)
-    return everything
+    ids = {j.run_id for j in everything} | {j.name for j in everything if j.cfg is None}
+    return everything + [j for j in jobs if (j.run_id if j.cfg else j.name) not in ids]
 
 
 def plan(args) -> tuple[dict, list[Job], dict, Composer]:
