@@ -38,8 +38,10 @@ MOMENTS = {  # what the targeted kills wait for, as a glob under the results fol
     "finished run": "runs/**/*.parquet",
     "temporary file": "**/.*.tmp*",
 }
-TIMING = ["train_s", "ldet_s", "sampling_s", "wall_s", "scoring_s", "total_s", "time_s", "setup_s", "final_eval_s",
-          "started_at", "finished_at", "config_json", "hostname", "slurm_job_id", "experiment"]
+# Not results: timings, and where and with which commit a run was made (a commit during the trials
+# must not count as a difference).
+IGNORED = ["train_s", "ldet_s", "sampling_s", "wall_s", "scoring_s", "total_s", "time_s", "setup_s", "final_eval_s",
+           "started_at", "finished_at", "config_json", "hostname", "slurm_job_id", "experiment", "git_sha", "git_dirty"]
 
 
 def experiment(folder: Path, methods: list[str], seeds: list[int]) -> Path:
@@ -87,12 +89,12 @@ def finish(cmd: list[str]) -> float:
 
 
 def difference(a: Path, b: Path) -> str:
-    """What differs between two results folders' records (timing aside); "" when nothing does."""
+    """What differs between two results folders' records (IGNORED aside); "" when nothing does."""
     from benchmark import records
 
     for table, keys in (("runs", ["run_id"]), ("steps", ["run_id", "step"]), ("evals", ["run_id", "step", "phase"])):
         x, y = (records.read(r, table) for r in (a, b))
-        x, y = (d.drop(columns=[c for c in TIMING if c in d.columns]).sort_values(keys).reset_index(drop=True)
+        x, y = (d.drop(columns=[c for c in IGNORED if c in d.columns]).sort_values(keys).reset_index(drop=True)
                 for d in (x, y))
         if x.shape != y.shape:
             return f"{table}: {x.shape[0]} rows against {y.shape[0]}"
