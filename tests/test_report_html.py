@@ -152,7 +152,9 @@ def test_progress_goes_to_stderr_and_the_result_to_stdout(tiny_report):
     assert "tables 1 and 3 from 4 completed runs (2 concepts)" in lines
     assert "panel 1/2: textual_inversion / baseline" in lines and "panel 2/2: textual_inversion / dvar" in lines
     assert lines[-2] == "writing report.md and report.html" and lines[-1].startswith("done in ")
-    assert proc.stdout.startswith("wrote ") and "report.html" in proc.stdout
+    out = proc.stdout.strip().splitlines()
+    assert out[0].startswith("| Method | Strategy | Train CLIP img"), "the mini Table 1 first"
+    assert out[-1].startswith("wrote ") and out[-1].endswith("report.html")
 
 
 def test_a_tiny_configuration_gets_the_banner_and_no_difference_column(tiny_report):

@@ -94,7 +94,7 @@ def test_unknown_experiment_suggests(capsys):
     assert "Did you mean: smoke" in capsys.readouterr().err
 
 
-SIZES = {"smoke": 15, "table1": 720, "toy_smoke": 15, "toy_tuning": 12, "toy_table1": 120}
+SIZES = {"smoke": 15, "table1": 720, "toy_smoke": 15, "toy_tuning": 12, "toy_table1": 60}
 
 
 @pytest.mark.parametrize("name", list(SIZES))
