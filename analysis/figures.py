@@ -32,8 +32,14 @@ def smooth(y: pd.Series, frac: float = 0.05) -> pd.Series:
     return y.rolling(max(1, int(len(y) * frac)), min_periods=1, center=True).mean()
 
 
-def run_panel(run: pd.Series, steps: pd.DataFrame, evals: pd.DataFrame, path: Path) -> list[Path]:
-    """Figure 2: train loss, gradient norm, L_det and train CLIP img over steps; stop marked."""
+STOP_COLORS = {"clip_s": "#55a868", "few_iters_mean": "#8172b3", "few_iters_max": "#937860", "dvar": "#dd8452"}
+
+
+def run_panel(run: pd.Series, steps: pd.DataFrame, evals: pd.DataFrame, path: Path,
+              other_stops: dict[str, int] | None = None) -> list[Path]:
+    """Figure 2: train loss, gradient norm, L_det and train CLIP img over steps; the run's stop and
+    reported steps marked, and `other_stops` (strategy -> stop step of the runs that share this
+    run's trajectory, so the picture shows where each strategy left it)."""
     steps = steps.sort_values("step")
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     panels = [("train_loss", "train loss", steps), ("grad_norm", "grad norm (unscaled)", steps),
@@ -48,6 +54,9 @@ def run_panel(run: pd.Series, steps: pd.DataFrame, evals: pd.DataFrame, path: Pa
         ax.axvline(run.iterations, color="#c44e52", ls="--", lw=1, label=f"stop {run.iterations:.0f}")
         if run.reported_step != run.iterations:
             ax.axvline(run.reported_step, color="#4c72b0", ls=":", lw=1, label=f"reported {run.reported_step:.0f}")
+        for strategy, stop in (other_stops or {}).items():
+            ax.axvline(stop, color=STOP_COLORS.get(strategy, "0.5"), ls="-.", lw=1,
+                       label=f"{STRATEGY_NAMES.get(strategy, strategy)} stops {stop}")
         ax.set_title(title)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=8)

@@ -211,9 +211,12 @@ def build(results: Path, experiment: str, out: Path, progress: Callable[[str], N
     panels = []
     for i, run in enumerate(picks.itertuples(), 1):
         say(f"panel {i}/{len(picks)}: {run.method} / {run.strategy}")
+        siblings = runs[(runs.method == run.method) & (runs.concept == run.concept) & (runs.seed == run.seed)
+                        & (runs.strategy != run.strategy) & (runs.strategy != "baseline")]
+        others = {s: int(g.iterations.iloc[0]) for s, g in siblings.groupby("strategy")} if run.strategy == "baseline" else {}
         panels.append(figures.run_panel(pd.Series(run._asdict()), steps[steps.run_id == run.run_id],
                                         evals[evals.run_id == run.run_id],
-                                        out / "figures" / f"run_{run.method}_{run.strategy}_{run.run_id}"))
+                                        out / "figures" / f"run_{run.method}_{run.strategy}_{run.run_id}", others))
     derived_file = results / "work" / experiment / "few_iters_steps.json"
     derived = json.loads(derived_file.read_text()) if derived_file.exists() else {}
     problems = departures(runs)

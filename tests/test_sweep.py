@@ -119,7 +119,10 @@ def test_the_toy_table_is_reported_on_concepts_it_was_not_tuned_on():
     from benchmark.sweep.plan import load_experiment
 
     table, tuning = load_experiment("toy_table1"), load_experiment("toy_tuning")
-    assert tuning["overrides"] == table["overrides"] and tuning["per_method"] == table["per_method"]
+    assert tuning["overrides"] == table["overrides"]
+    cd_tuning, cd_table = tuning["per_method"]["custom_diffusion"], table["per_method"]["custom_diffusion"]
+    assert set(cd_tuning) < set(cd_table), "the same class priors; the table adds the tuned stopping settings"
+    assert not any("protocol" in o for o in cd_tuning)
     assert len(table["grid"]["concept"]) == len(tuning["grid"]["concept"]) == 4
     assert not set(table["grid"]["concept"]) & set(tuning["grid"]["concept"])
 
