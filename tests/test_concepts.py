@@ -120,7 +120,8 @@ def test_interrupted_fetch_completes_without_copying_finished_files(tmp_path, mi
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def finished():
-        return [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".part" and p.name != "CHECKSUMS.csv"]
+        return [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".part" and p.name != "CHECKSUMS.csv"
+                and ".tmp" not in p.name]  # a killed atomic write leaves its temporary, which the relaunch removes
 
     deadline = time.time() + 60
     while len(finished()) < 3 and time.time() < deadline and proc.poll() is None:
