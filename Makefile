@@ -1,13 +1,14 @@
 # make smoke   the main job on the embedded default: the toy world, 3 methods x 5 strategies, then the report
 # make test    the test suite (what CI runs, see .ci/run)
 # make real-shape  every method x strategy at SD v1.5's real shape (512 px, random weights), about an hour on 2 cores
+# make gpu-check   on one GPU, a few minutes: fp16/bf16 timings, memory, L_det determinism, resume after SIGKILL
 # Both create .venv and install the pinned stack on first use.
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install smoke test bench real-shape
+.PHONY: install smoke test bench real-shape gpu-check
 install: $(VENV)/.installed
 
 # torch and torchvision first, pinned together; everything else under the same constraints.
@@ -30,3 +31,6 @@ bench: install
 
 real-shape: install
 	$(PY) -m benchmark.sweep experiment=real_shape
+
+gpu-check: install
+	$(PY) -m benchmark.gpu_check out=results/gpu_check

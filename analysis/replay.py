@@ -52,12 +52,16 @@ class Trace:
         return int(self.steps.step.max())
 
 
-def _ldet_every(config_json) -> int:
-    """The run's ldet.every from its resolved config (0: L_det off); 1 when the config is not at hand."""
+def _ldet_every(config_json, logged: bool) -> int:
+    """Every how many steps the run logged L_det, from its resolved config (0: never; `logged`: its
+    steps hold some L_det); 1 when the config is not at hand."""
     if not isinstance(config_json, str):
         return 1
     ldet = json.loads(config_json).get("ldet", {})
-    return int(ldet.get("every", 1)) if ldet.get("enabled", True) else 0
+    log = ldet.get("log", "always")
+    if not ldet.get("enabled", True) or (log == "watched" and not logged):
+        return 0  # ldet.log=watched on a run whose criterion does not read L_det
+    return int(log) if log not in ("watched", "always") else int(ldet.get("every", 1))
 
 
 def traces(runs: pd.DataFrame, steps: pd.DataFrame, evals: pd.DataFrame) -> list[Trace]:
@@ -65,7 +69,7 @@ def traces(runs: pd.DataFrame, steps: pd.DataFrame, evals: pd.DataFrame) -> list
     for r in runs.itertuples():
         s = steps[steps.run_id == r.run_id].sort_values("step").reset_index(drop=True)
         e = evals[evals.run_id == r.run_id].sort_values("step").drop_duplicates("step").reset_index(drop=True)
-        every = _ldet_every(getattr(r, "config_json", None))
+        every = _ldet_every(getattr(r, "config_json", None), "l_det" in s and s.l_det.notna().any())
         out.append(Trace(r.run_id, r.method, r.concept, int(r.seed), s, e, every))
     return out
 
@@ -93,7 +97,8 @@ def ldet_sequence(trace: Trace, every: int) -> list[tuple[int, float]]:
     live loop skips only steps without an L_det evaluation, and a NaN is an evaluation: DVAR takes no
     decision while its history holds one)."""
     if not trace.ldet_every or "l_det" not in trace.steps:
-        raise ConfigError(f"run {trace.run_id}: the trace has no L_det (ldet.enabled=false)")
+        raise ConfigError(f"run {trace.run_id}: the trace has no L_det (ldet.enabled=false, or ldet.log=watched on a "
+                          "run whose criterion does not read it); record traces with ldet.log=always")
     if every % trace.ldet_every:
         raise ConfigError(f"run {trace.run_id}: the trace has L_det every {trace.ldet_every} steps, "
                           f"so it cannot replay L_det every {every}")

@@ -139,22 +139,26 @@ def resolve_pretrained(model_cfg, cache_dir: Path) -> tuple[str, str]:
 
 
 _PRISTINE: dict[str, Backbone] = {}
+_FROZEN: dict[tuple[str, str, torch.dtype], torch.nn.Module] = {}  # (pristine key, component, dtype) -> cast copy
 COMPONENTS = ("tokenizer", "text_encoder", "vae", "unet")
+MODULES = ("text_encoder", "vae", "unet")
 
 
 def load_backbone(model_cfg, cache_dir: Path, share: bool = False, device=None, dtype=None,
                   modifies: tuple[str, ...] = COMPONENTS, placeholder: str | None = None) -> Backbone:
-    """Load the components, frozen, on `device` (CPU by default) with their weights in `dtype`
-    (fp32 by default). With `share`, keep a pristine copy per (weights, device, dtype) in memory and
-    hand out a backbone whose `modifies` components are deep copies (a method changes those) and the
-    rest the pristine modules themselves, so a local sweep loads and moves the weights once. The
-    tokenizer, the costliest to copy, is copied once per `placeholder` token a run adds to it."""
+    """Load the components, frozen, on `device` (CPU by default). The components a method changes
+    (`modifies`) come in full precision, so that the method takes its trainable weights from the
+    fp32 pretrained values (`cast_frozen` then lowers the rest); the others come in `dtype` (fp32 by
+    default). With `share`, keep a pristine fp32 copy per (weights, device) in memory and hand out a
+    backbone whose `modifies` components are deep copies of it and the rest one shared copy in
+    `dtype`, so a local sweep loads and moves the weights once. The tokenizer, the costliest to
+    copy, is copied once per `placeholder` token a run adds to it."""
     device = torch.device(device or "cpu")
     dtype = dtype or torch.float32
     source, ident = resolve_pretrained(model_cfg, cache_dir)
-    key = f"{ident}|{model_cfg.get('variant')}|{device}|{dtype}"
+    key = f"{ident}|{model_cfg.get('variant')}|{device}"
     if share and key in _PRISTINE:
-        return _handed_out(key, modifies, placeholder)
+        return _handed_out(key, modifies, placeholder, dtype)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -181,23 +185,54 @@ def load_backbone(model_cfg, cache_dir: Path, share: bool = False, device=None, 
         ) from err
     backbone = Backbone(tokenizer, text_encoder.float(), vae.float(), unet.float(), scheduler_config,
                         ident, int(model_cfg["resolution"]))
-    for module in (backbone.text_encoder, backbone.vae, backbone.unet):
-        module.requires_grad_(False).eval().to(device)
-        if dtype != torch.float32:
-            module.to(dtype)
+    for name in MODULES:
+        getattr(backbone, name).requires_grad_(False).eval().to(device)
     if share:
         _PRISTINE[key] = backbone
-        return _handed_out(key, modifies, placeholder)
+        return _handed_out(key, modifies, placeholder, dtype)
+    for name in MODULES:
+        if name not in modifies:
+            _lower(getattr(backbone, name), dtype)
     return backbone
+
+
+def cast_frozen(backbone: Backbone, dtype: torch.dtype, trainable: list[torch.nn.Parameter]) -> None:
+    """Lower every frozen weight of the backbone to `dtype` (half precision under mixed precision),
+    keeping the `trainable` parameters as they are: fp32 master weights, taken from the fp32
+    pretrained values before anything was cast."""
+    if dtype == torch.float32:
+        return
+    kept = [(p, p.data) for p in trainable]
+    for name in MODULES:
+        _lower(getattr(backbone, name), dtype)
+    for p, data in kept:
+        p.data = data
+
+
+def _lower(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`module.to(dtype)` without diffusers' notice that SD's UNet and VAE have no fp32-only modules."""
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return module.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 _TOKENIZERS: dict[tuple[str, str], object] = {}  # (pristine key, placeholder) -> tokenizer with that token
 
 
-def _handed_out(key: str, modifies: tuple[str, ...], placeholder: str | None) -> Backbone:
+def _handed_out(key: str, modifies: tuple[str, ...], placeholder: str | None, dtype: torch.dtype) -> Backbone:
     pristine = _PRISTINE[key]
     fresh = {name: copy.deepcopy(getattr(pristine, name), _shared_parts(getattr(pristine, name)))
              for name in modifies if not (name == "tokenizer" and placeholder)}
+    for name in MODULES:
+        if name not in modifies and dtype != torch.float32:
+            if (key, name, dtype) not in _FROZEN:
+                _FROZEN[(key, name, dtype)] = _lower(copy.deepcopy(getattr(pristine, name)), dtype)
+            fresh[name] = _FROZEN[(key, name, dtype)]
     if placeholder and "tokenizer" in modifies:
         if (key, placeholder) not in _TOKENIZERS:
             tokenizer = copy.deepcopy(pristine.tokenizer, _shared_parts(pristine.tokenizer))

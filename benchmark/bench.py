@@ -127,6 +127,31 @@ def levers(trainer, overrides: list[str], rounds: int) -> list[tuple[str, float,
     return out
 
 
+def components(experiment: str, overrides: list[str], rounds: int) -> list[tuple[str, dict[str, float]]]:
+    """Per method of `experiment` (its DVAR run's config, models loaded once): the median seconds of
+    an update, of the prior batch inside it (Custom Diffusion: class images drawn and VAE-encoded),
+    of an L_det evaluation and of an in-loop evaluation, each timed alone."""
+    from benchmark.sweep.plan import expand, load_experiment
+    from benchmark.trajectory import Trajectory
+
+    out = []
+    for job in expand(load_experiment(experiment), ["progress=false", *overrides]):
+        if job.cfg is None or job.strategy != "dvar":
+            continue
+        t = Trajectory(job.cfg, share_models=True)
+        t.setup()
+        g, size = torch.Generator().manual_seed(0), int(job.cfg["train_batch_size"])
+        parts = {"update": t.train_update, "prior batch": lambda: t.method.extra_examples(g, size, t.encoder),
+                 "L_det": t.ldet, "evaluation": lambda: t.evaluator.evaluate(1, "in_loop")}
+        medians = {}
+        for name, fn in parts.items():
+            n = max(2, rounds // 5) if name == "evaluation" else rounds
+            fn()  # warm-up
+            medians[name] = statistics.median(timed(t, fn) for _ in range(n))
+        out.append((job.method, medians))
+    return out
+
+
 def harness_overhead(overrides: list[str], tmp: str) -> dict:
     """The smoke experiment's Textual Inversion runs that decide as they go (Baseline, CLIP-s,
     DVAR), trained as one trajectory the way a sweep does, models already loaded: which share of
@@ -163,15 +188,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", type=Path, metavar="FILE",
                         help="measure the timing profile the preflight prices sweeps with (ms per update, per L_det "
                              "pass, per evaluation image, peak memory), write it to FILE, print the forecasts")
+    parser.add_argument("--components", metavar="EXPERIMENT",
+                        help="per method of EXPERIMENT (e.g. toy_smoke): an update, the prior batch inside it, "
+                             "an L_det evaluation and an in-loop evaluation, each timed alone")
     args = parser.parse_args(argv)
     v = versions()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {device_name(device)}; torch {v['torch']}, diffusers {v['diffusers']}, "
           f"transformers {v['transformers']}, peft {v['peft']}, python {v['python']}")
-    print(f"settings: {' '.join(args.overrides) or '(defaults: model=tiny, 64 px)'}; train batch, L_det batch "
-          f"and precision from conf/run.yaml; {args.blocks} alternating blocks of {args.steps} updates, medians\n")
+    if args.components:
+        print(f"settings: the DVAR run of each method of experiment={args.components}"
+              f"{' with ' + ' '.join(args.overrides) if args.overrides else ''}; medians of {args.steps} calls\n")
+    else:
+        print(f"settings: {' '.join(args.overrides) or '(defaults: model=tiny, 64 px)'}; train batch, L_det batch "
+              f"and precision from conf/run.yaml; {args.blocks} alternating blocks of {args.steps} updates, medians\n")
     if args.record:
         return record(args)
+    if args.components:
+        rows = components(args.components, args.overrides, args.steps)
+        reference = dict(rows).get("textual_inversion")
+        print(f"{'step components, ' + args.components:<28}{'update ms':>10}{'prior ms':>9}{'L_det ms':>9}"
+              f"{'eval s':>8}{'update / TI':>12}{'L_det / TI':>11}")
+        for method, m in rows:
+            ratio = (lambda k: f"{m[k] / reference[k]:.2f}") if reference else (lambda k: "-")
+            print(f"{method:<28}{1e3 * m['update']:>10.1f}{1e3 * m['prior batch']:>9.1f}{1e3 * m['L_det']:>9.1f}"
+                  f"{m['evaluation']:>8.2f}{ratio('update'):>12}{ratio('L_det'):>11}")
+        return None
     print(f"{'L_det monitoring':<20}{'none ms':>9}{'every step':>12}{'ratio':>7}{f'every {args.every}':>11}{'ratio':>7}")
     trainer = None
     for method in args.methods:

@@ -15,7 +15,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Keys that do not change what a run computes: excluded from its identity (Dora's signature idea).
 NON_SEMANTIC = (
-    "experiment", "paths", "device", "progress", "log_every", "checkpoint_every", "num_workers",
+    "experiment", "paths", "device", "deterministic", "progress", "log_every", "checkpoint_every", "num_workers",
     "launcher", "sweep", "sampling.batch_size", "sampling.save_images", "ldet.forward_batch",
     "model.sampler",  # only the default of sampling.scheduler, which is hashed
 )
@@ -145,6 +145,27 @@ def trajectory_id(cfg: dict) -> str:
     return hashlib.sha1(json.dumps(out, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def ldet_variant(ldet_cfg: dict) -> str:
+    """One L_det variant per distinct evaluation-batch config: runs of a trajectory on the same
+    variant share its computation. While every source is fixed the batch never redraws, so its value
+    at a step does not depend on which runs log it at which steps (`ldet.log`): runs that differ only
+    there share the variant."""
+    cfg = dict(ldet_cfg)
+    if all(cfg["fixed"].values()):
+        cfg.pop("log", None)
+    return json.dumps(cfg, sort_keys=True)
+
+
+def logs_ldet(ldet_cfg: dict, watched: bool, step: int) -> bool:
+    """Whether a run computes L_det at `step`: a criterion that watches it (`watched`) reads it every
+    `ldet.every` updates; other runs log it as `ldet.log` says (watched: never, always: every
+    `ldet.every` updates, N: every N updates)."""
+    if not ldet_cfg["enabled"] or step % int(ldet_cfg["every"]):
+        return False
+    logged = ldet_cfg.get("log", "watched")
+    return watched or logged == "always" or (logged != "watched" and step % int(logged) == 0)
+
+
 def run_id(cfg: dict) -> str:
     """10 hex characters of the SHA-1 of the semantic config: same config, same run."""
     blob = json.dumps(semantic(cfg), sort_keys=True, default=str)
@@ -209,6 +230,12 @@ def validate(cfg: dict) -> None:
         v = ldet.get(key)
         _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
                f"ldet.{key} must be a positive integer (got {v!r}).")
+    logged = ldet.get("log", "watched")
+    _check(logged in ("watched", "always") or (isinstance(logged, int) and not isinstance(logged, bool) and logged >= 1
+                                                and logged % ldet["every"] == 0),
+           f"ldet.log must be watched, always or a positive multiple of ldet.every={ldet['every']} (got {logged!r}).")
+    _check(isinstance(cfg.get("deterministic", False), bool),
+           f"deterministic must be true or false (got {cfg.get('deterministic')!r}).")
     lo, hi = ldet["timestep_range"]
     _check(0 <= lo < hi <= 1000, f"ldet.timestep_range must satisfy 0 <= lo < hi <= 1000 (got {[lo, hi]}).")
     _check(ldet["batch_size"] * ldet["accumulation"] <= hi - lo,

@@ -88,8 +88,10 @@ def finish(cmd: list[str]) -> float:
     raise RuntimeError("the relaunched sweep did not finish")
 
 
-def difference(a: Path, b: Path) -> str:
-    """What differs between two results folders' records (IGNORED aside); "" when nothing does."""
+def difference(a: Path, b: Path, tolerance: float = 0.0) -> str:
+    """What differs between two results folders' records (IGNORED aside); "" when nothing does.
+    With a `tolerance`, numeric columns may differ by that much relative to their values (a GPU
+    without deterministic kernels for every op); everything else must be identical."""
     from benchmark import records
 
     for table, keys in (("runs", ["run_id"]), ("steps", ["run_id", "step"]), ("evals", ["run_id", "step", "phase"])):
@@ -98,14 +100,32 @@ def difference(a: Path, b: Path) -> str:
                 for d in (x, y))
         if x.shape != y.shape:
             return f"{table}: {x.shape[0]} rows against {y.shape[0]}"
-        columns = [c for c in x.columns if not x[c].equals(y[c])]
-        if columns:
-            return f"{table}: {', '.join(columns)} differ"
+        differ = [c for c in x.columns if not x[c].equals(y[c])]
+        if tolerance and differ:
+            worst = {c: relative_difference(x[c], y[c]) for c in differ}
+            if all(v <= tolerance for v in worst.values()):
+                continue
+            return f"{table}: " + ", ".join(f"{c} (max relative difference {v:.3g})" for c, v in worst.items())
+        if differ:
+            return f"{table}: {', '.join(differ)} differ"
     return ""
 
 
+def relative_difference(x, y) -> float:
+    """The largest |x - y| / max(|x|, |y|) over two columns (inf for non-numeric or missing mismatches)."""
+    import numpy as np
+    import pandas as pd
+
+    if not (pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y)) or \
+            not x.isna().equals(y.isna()):
+        return float("inf")
+    a, b = x.dropna().to_numpy(float), y.dropna().to_numpy(float)
+    scale = np.maximum(np.maximum(abs(a), abs(b)), 1e-12)
+    return float(np.max(abs(a - b) / scale, initial=0.0))
+
+
 def trial(tmp: Path, name: str, exp: Path, clean: tuple[Path, float], extra: list[str], moment: str | None,
-          rng) -> str:
+          rng, tolerance: float = 0.0) -> str:
     """Kill, relaunch, compare; `clean` = (the uninterrupted results, their wall seconds)."""
     results, (reference, seconds) = tmp / name, clean
     cmd = command(exp, results, extra)
@@ -113,7 +133,7 @@ def trial(tmp: Path, name: str, exp: Path, clean: tuple[Path, float], extra: lis
     if killed and rng.random() < 0.5:  # sometimes a second kill, of the relaunch
         kill_at(cmd, results, None, rng.uniform(0.1, 0.9) * seconds)
     finish(cmd)
-    diff = difference(reference, results)
+    diff = difference(reference, results, tolerance)
     return ("identical" if not diff else f"DIFFERENT ({diff})") + ("" if killed else " (ended before the kill)")
 
 
@@ -123,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=12, help="run trials (the methods take turns)")
     p.add_argument("--sweeps", type=int, default=3, help="trials of a two-worker sweep over the three methods")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tolerance", type=float, default=0.0,
+                   help="largest relative difference of a numeric record that still counts as identical (0: bit "
+                        "for bit, what a CPU gives; a GPU run without deterministic=true may need e.g. 1e-3)")
+    p.add_argument("overrides", nargs="*", help="run config overrides for every trial (e.g. device=cuda "
+                                                "mixed_precision=fp16)")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     methods = ["textual_inversion", "dreambooth_lora", "custom_diffusion"]
@@ -133,19 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             (tmp / m).mkdir()
             exp = experiment(tmp / m, [m], [59])
-            clean[m] = (exp, (tmp / f"clean-{m}", finish(command(exp, tmp / f"clean-{m}", []))))
+            clean[m] = (exp, (tmp / f"clean-{m}", finish(command(exp, tmp / f"clean-{m}", args.overrides))))
         kinds = [None, *MOMENTS]
         for i in range(args.trials):
             method, moment = methods[i % 3], kinds[i % len(kinds)]
-            result = trial(tmp, f"run{i}", clean[method][0], clean[method][1], [], moment, rng)
+            result = trial(tmp, f"run{i}", clean[method][0], clean[method][1], args.overrides, moment, rng,
+                           args.tolerance)
             print(f"run trial {i + 1}: {method}, kill {'at a random time' if moment is None else 'after a ' + moment}"
                   f" -> {result}", flush=True)
             counts[result] = counts.get(result, 0) + 1
         (tmp / "sweep").mkdir()
         exp = experiment(tmp / "sweep", methods, [59, 60])
-        reference = (tmp / "clean-sweep", finish(command(exp, tmp / "clean-sweep", ["launcher.workers=2"])))
+        two_workers = [*args.overrides, "launcher.workers=2"]
+        reference = (tmp / "clean-sweep", finish(command(exp, tmp / "clean-sweep", two_workers)))
         for i in range(args.sweeps):
-            result = trial(tmp, f"sweep{i}", exp, reference, ["launcher.workers=2"], None, rng)
+            result = trial(tmp, f"sweep{i}", exp, reference, two_workers, None, rng, args.tolerance)
             print(f"sweep trial {i + 1}: two workers, kill at a random time -> {result}", flush=True)
             counts[result] = counts.get(result, 0) + 1
     total = args.trials + args.sweeps

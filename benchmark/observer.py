@@ -13,11 +13,11 @@ import json
 import logging
 
 from benchmark import records
+from benchmark.config import ldet_variant, logs_ldet
 from benchmark.evaluation import METRICS, keep_grid, save_grid
 from benchmark.provenance import device_name, git_state, hostname, slurm_job_id, versions
 from benchmark.runs import RunPaths, now
 from benchmark.strategies import make_strategy
-from benchmark.trajectory import variant_key
 
 log = logging.getLogger("dvar")
 
@@ -30,7 +30,7 @@ class Observer:
         self.every = int(cfg["ldet"]["every"])
         self.strategy = make_strategy(cfg["strategy"], self.every)
         self.ldet_cfg = cfg["ldet"] if cfg["ldet"]["enabled"] else None
-        self.variant = variant_key(self.ldet_cfg) if self.ldet_cfg else None
+        self.variant = ldet_variant(self.ldet_cfg) if self.ldet_cfg else None
         self.started_at = now()
         self.step_rows: list[dict] = []
         self.eval_rows: list[dict] = []
@@ -49,7 +49,7 @@ class Observer:
         return not (self.strategy.reports_best and self.best["step"] is not None)
 
     def wants_ldet(self, step: int) -> bool:
-        return self.variant is not None and step % self.every == 0
+        return self.variant is not None and logs_ldet(self.ldet_cfg, self.strategy.needs_ldet, step)
 
     # ----------------------------------------------------------------------------------- steps --
     def observe(self, t: dict, evaluation: tuple[dict, list] | None, trajectory) -> None:
@@ -57,7 +57,7 @@ class Observer:
         observer asked for one."""
         step = t["step"]
         row = {"run_id": self.rid, "step": step, "train_loss": t["train_loss"], "grad_norm": t["grad_norm"],
-               "lr": t["lr"], "train_s": t["train_s"], "ldet_s": 0.0, "sampling_s": 0.0}
+               "loss_scale": t.get("loss_scale"), "update_skipped": t.get("update_skipped"), "lr": t["lr"], "train_s": t["train_s"], "ldet_s": 0.0, "sampling_s": 0.0}
         if self.wants_ldet(step):
             values, seconds = t["ldet"][self.variant]
             row.update(values)

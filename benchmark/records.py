@@ -81,6 +81,9 @@ STEPS = _schema("steps", [
     ("step", i64, "k = state after k optimizer updates; step 0 = the untrained weights"),
     ("train_loss", f64, "loss of the update that produced step k (null at step 0)"),
     ("grad_norm", f64, "L2 norm of the trainable gradients of that update, unscaled (before clipping)"),
+    ("loss_scale", f64, "the fp16 GradScaler's loss scale for that update (null without fp16)"),
+    ("update_skipped", pa.bool_(), "fp16: the scaled gradients overflowed, so the GradScaler skipped the optimizer "
+                                   "step and halved its scale (grad_norm is null); null without fp16"),
     ("lr", f64, "learning rate of that update"),
     ("l_det", f64, "L_det of the weights at step k (null when not evaluated at this step)"),
     ("l_det_begin", f64, "L_det on timesteps 0-332 (ldet.intervals)"),

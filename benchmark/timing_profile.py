@@ -49,13 +49,14 @@ def measure(method: str, overrides: list[str], steps: int, blocks: int, every: i
     return out
 
 
-def write(path: Path, results: dict[str, dict], model: str, overrides: list[str]) -> None:
+def write(path: Path, results: dict[str, dict], model: str, overrides: list[str],
+          command: str = "python -m benchmark.bench {overrides} --record") -> None:
     any_trainer = next(iter(results.values()))["trainer"]
     v = versions()
     profile = {
         "gpu": device_name(any_trainer.device),
         "models": sorted({model, "sd14", "sd15", "sd15_twin"} if model in ("sd14", "sd15", "sd15_twin") else {model}),
-        "source": f"measured by `python -m benchmark.bench {' '.join(overrides)} --record` on {date.today()}, "
+        "source": f"measured by `{command.format(overrides=' '.join(overrides))}` on {date.today()}, "
                   f"torch {v['torch']}, diffusers {v['diffusers']}, mixed precision {any_trainer.cfg['mixed_precision']}",
         "setup_s": round(max(r["setup_s"] for r in results.values()), 1),
         "class_image_s": round(results.get("custom_diffusion", {}).get("class_image_s", 2.0), 3),

@@ -218,10 +218,10 @@ class Pass:
             step += 1
             t.sync()
             t0 = time.perf_counter()
-            loss, grad_norm = t.train_update()
+            lr = t.lr
+            values = t.train_update()
             t.sync()
-            evaluation = self.step(step, {"train_loss": loss, "grad_norm": grad_norm, "lr": t.lr,
-                                          "train_s": time.perf_counter() - t0})
+            evaluation = self.step(step, {**values, "lr": lr, "train_s": time.perf_counter() - t0})
             bar.update(1)
             if step % log_every == 0 or not self.active():
                 bar.write(self.log_line(step, budget, loop_t0, start))
@@ -235,8 +235,8 @@ class Pass:
         """L_det of every variant an active run watches at this step, the step's evaluation when a run
         asks for one, then every active run's view of the step; returns the evaluation."""
         t = self.trajectory
-        row = {"step": step, "train_loss": None, "grad_norm": None, "lr": None, "train_s": 0.0, **(update or {}),
-               "ldet": {}}
+        row = {"step": step, "train_loss": None, "grad_norm": None, "loss_scale": None, "update_skipped": None,
+               "lr": None, "train_s": 0.0, **(update or {}), "ldet": {}}
         for o in self.active():
             if o.wants_ldet(step) and o.variant not in row["ldet"]:
                 t.sync()
@@ -272,7 +272,8 @@ class Pass:
         crits = " ".join(f"{o.label} {o.strategy.criterion.value:.3f}" for o in self.observers
                          if o.strategy.criterion.value is not None and o.row is None)
         rate = (step - start) / max(time.perf_counter() - loop_t0, 1e-9)
-        return f"step {step}/{budget} loss {row['train_loss']:.4f}{det}{' ' + crits if crits else ''} {rate:.2f} it/s"
+        skipped = " (fp16 overflow: update skipped)" if row["update_skipped"] else ""
+        return f"step {step}/{budget} loss {row['train_loss']:.4f}{skipped}{det}{' ' + crits if crits else ''} {rate:.2f} it/s"
 
     # ------------------------------------------------------------------------------- snapshots --
     def save_snapshot(self, step: int) -> None:

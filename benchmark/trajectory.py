@@ -12,15 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import os
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from benchmark.backbone import load_backbone
+from benchmark.backbone import cast_frozen, load_backbone
 from benchmark.concepts.images import load_concept_images, read_captions
 from benchmark.concepts.manifest import concept_folder, get_concept
-from benchmark.config import cache_root
+from benchmark.config import cache_root, ldet_variant
 from benchmark.data import ConceptData
 from benchmark.errors import ConfigError
 from benchmark.evaluation import Evaluator
@@ -41,22 +45,48 @@ def pick_device(cfg: dict) -> torch.device:
 
 
 def precision(cfg: dict, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:
-    """(dtype of the frozen weights, autocast dtype or None). Trainable weights always stay fp32."""
+    """(dtype of the frozen weights, autocast dtype or None). Trainable weights always stay fp32.
+
+    fp16 and bf16 take the same path on every device (half frozen weights, autocast, a GradScaler
+    for fp16), so the path a GPU takes runs on a CPU too; `auto` is fp16 on CUDA and fp32 elsewhere."""
     mode = cfg.get("mixed_precision", "auto")
-    if device.type != "cuda":
-        if mode in ("fp16", "bf16"):
-            log.warning("mixed_precision=%s ignored on %s: running fp32", mode, device)
-        return torch.float32, None
-    mode = "fp16" if mode == "auto" else mode
+    if mode == "auto":
+        mode = "fp16" if device.type == "cuda" else "no"
     if mode == "no":
         return torch.float32, None
     dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"mixed_precision=bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                          "use mixed_precision=fp16.")
     return dtype, dtype
 
 
-def variant_key(ldet_cfg: dict) -> str:
-    """One L_det variant per distinct evaluation-batch config."""
-    return json.dumps(ldet_cfg, sort_keys=True)
+def set_determinism(enabled: bool) -> None:
+    """`deterministic=true`: deterministic cuBLAS / cuDNN kernels and algorithms (slower on a GPU;
+    README, "Reproducibility"). Ops with no deterministic kernel (upsample_nearest2d's backward on
+    CUDA) warn instead of failing. A CPU is deterministic either way."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = False
+
+
+def rng_states(device: torch.device) -> dict:
+    """The process-wide generators: nothing in training draws from them (every draw has its own
+    generator), but a library call that does must not break resume or branch identity."""
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 class Trajectory:
@@ -72,6 +102,7 @@ class Trajectory:
         t0 = time.perf_counter()
         cfg = self.cfg
         self.device = pick_device(cfg)
+        set_determinism(bool(cfg.get("deterministic", False)))
         self.weight_dtype, amp_dtype = precision(cfg, self.device)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else \
             contextlib.nullcontext
@@ -83,7 +114,8 @@ class Trajectory:
         method_cfg = cfg["method"]
         method_class = METHODS.get(method_cfg["name"])
         placeholder = method_cfg["placeholder_token"].format(concept=cfg["concept"])
-        # Frozen weights in half precision on CUDA; the method's own trainable weights stay fp32.
+        # The components the method changes come in fp32: its trainable weights start from the fp32
+        # pretrained values; the frozen rest is lowered to the weight dtype once they are taken.
         backbone = load_backbone(cfg["model"], cache_root(cfg), share=self.share_models, device=self.device,
                                  dtype=self.weight_dtype, modifies=method_class.modifies, placeholder=placeholder)
         self.backbone = backbone
@@ -91,8 +123,7 @@ class Trajectory:
         self._sampler = None
         self.method.prepare(self.sampler, cache_root(cfg), cfg["sampling"], cfg["progress"])
         self.method.setup()
-        for p in self.method.parameters():
-            p.data = p.data.float()
+        cast_frozen(backbone, self.weight_dtype, self.method.parameters())
 
         self.data = ConceptData(
             self.references, backbone.resolution, self.method.subject,
@@ -135,8 +166,10 @@ class Trajectory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def train_update(self) -> tuple[float, float]:
-        """One optimizer update on a fresh random batch; returns (loss, unscaled grad norm)."""
+    def train_update(self) -> dict:
+        """One optimizer update on a fresh random batch; returns the step's values: the loss, the
+        unscaled gradient norm, and under fp16 the loss scale and whether the GradScaler skipped the
+        update because the scaled gradients overflowed (their norm is then not a number: null)."""
         g, bs = self.generator, int(self.cfg["train_batch_size"])
         batch = self.data.sample(g, bs)
         if self.encoder.cache is not None:
@@ -162,6 +195,7 @@ class Trajectory:
         loss = self.method.loss(pred, target, mask, bs)
 
         self.optimizer.zero_grad(set_to_none=True)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad.detach().float().norm() for p in self.method.parameters() if p.grad is not None]
@@ -169,9 +203,11 @@ class Trajectory:
         clip = self.cfg["method"].get("max_grad_norm")
         if clip:
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), float(clip))
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)  # skips the update when the scaled gradients hold an inf or NaN
         self.scaler.update()
-        return float(loss.detach()), grad_norm
+        skipped = None if scale is None else not math.isfinite(grad_norm)
+        return {"train_loss": float(loss.detach()), "grad_norm": None if skipped else grad_norm,
+                "loss_scale": scale, "update_skipped": skipped}
 
     @property
     def lr(self) -> float:
@@ -179,7 +215,7 @@ class Trajectory:
 
     # ------------------------------------------------------------------------------------ L_det --
     def eval_batch(self, ldet_cfg: dict) -> EvalBatch:
-        key = variant_key(ldet_cfg)
+        key = ldet_variant(ldet_cfg)
         if key not in self.eval_batches:
             self.eval_batches[key] = EvalBatch(ldet_cfg, self.data, self.encoder, self.backbone.tokenizer,
                                                self.noise_scheduler, self.cfg["seed"] + int(ldet_cfg["seed_offset"]),
@@ -196,7 +232,8 @@ class Trajectory:
         """Everything the trajectory needs to continue bit for bit from this point."""
         return {"weights": self.method.trainable_state(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "generator": self.generator.get_state(),
-                "eval_generators": {k: b.generator.get_state() for k, b in self.eval_batches.items()}}
+                "eval_generators": {k: b.generator.get_state() for k, b in self.eval_batches.items()},
+                "rng": rng_states(self.device)}
 
     def reset(self) -> None:
         """Back to step 0: the initial weights, a fresh optimizer and generators, no eval batches yet."""
@@ -208,5 +245,6 @@ class Trajectory:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
+        set_rng_states(state["rng"], self.device)
         for key, g_state in state["eval_generators"].items():
             self.eval_batch(json.loads(key)).generator.set_state(g_state)

@@ -13,6 +13,8 @@ Each file's safetensors metadata names the method, the token, how prompts name t
 
 With the run's sampling seed, steps and guidance, the images equal the run's own samples: image i
 starts from the i-th latent of one `torch.randn` draw seeded with --seed, as the benchmark samples.
+A run trained with mixed_precision=fp16 or bf16 sampled in that precision (half weights, autocast):
+pass the same --dtype to get its very images.
 
     python examples/load_with_diffusers.py benchmark/toy/weights/pipeline \\
         results/work/default/<run_id>/weights/best --prompt "a photo of {} on a navy background" \\
@@ -30,6 +32,7 @@ import torch
 TOKEN_FILE = "learned_embeds.safetensors"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 CUSTOM_DIFFUSION_FILE = "pytorch_custom_diffusion_weights.safetensors"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def load_custom_diffusion(unet, path: Path) -> int:
@@ -77,11 +80,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="weights and autocast precision: the run's mixed_precision (default %(default)s)")
     args = p.parse_args(argv)
 
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, safety_checker=None, requires_safety_checker=False)
+    dtype = DTYPES[args.dtype]
+    pipe = StableDiffusionPipeline.from_pretrained(args.pipeline, safety_checker=None, requires_safety_checker=False,
+                                                   torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     metadata = load_weights(pipe, args.weights)
     pipe.to(args.device)
@@ -96,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
                           generator=torch.Generator().manual_seed(args.seed))
     args.out.mkdir(parents=True, exist_ok=True)
     for i in range(0, len(prompts), args.batch_size):
-        images = pipe(prompt=prompts[i:i + args.batch_size], latents=latents[i:i + args.batch_size].to(args.device),
-                      num_inference_steps=args.steps, guidance_scale=args.guidance).images
+        with torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32):
+            images = pipe(prompt=prompts[i:i + args.batch_size],
+                          latents=latents[i:i + args.batch_size].to(args.device, dtype),
+                          num_inference_steps=args.steps, guidance_scale=args.guidance).images
         for j, image in enumerate(images):
             image.save(args.out / f"{i + j:03d}.png")
     print(f"{len(prompts)} images in {args.out}")

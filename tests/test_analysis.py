@@ -95,7 +95,7 @@ def test_side_by_side_with_the_paper(tmp_path):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     results = tmp_path_factory.mktemp("replay")
-    common = ["experiment=replay"]
+    common = ["experiment=replay", "ldet.log=always"]
     rows = {
         "baseline": run(tiny_run_config("textual_inversion", "baseline", results, *common, "strategy.max_steps=24",
                                         "strategy.eval_every=2"), share_models=True),

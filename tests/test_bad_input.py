@@ -156,6 +156,9 @@ def cli(args: list[str]):
     ("+strategy.windw=3", "unknown config key `strategy.windw`"),
     ("strategy.window=100000", "strategy.window=100000 exceeds strategy.max_steps=4: DVAR could never stop"),
     ("paths.results=/proc/results", "paths.results=/proc/results: not writable"),
+    ("ldet.log=sometimes", "ldet.log must be watched, always or a positive multiple of ldet.every=1 (got 'sometimes')"),
+    ("deterministic=maybe", "deterministic must be true or false (got 'maybe')"),
+    ("mixed_precision=fp8", "mixed_precision must be one of auto, no, fp16, bf16 (got 'fp8')"),
 ])
 def test_bad_values_get_one_line_and_write_nothing(tmp_path, override, message):
     results = tmp_path / "results"

@@ -41,8 +41,8 @@ def test_ldet_monitoring_does_not_change_training(tmp_path):
     evaluation generator at every step): the same weights to the last bit."""
     for method in ("textual_inversion", "custom_diffusion"):
         rows = [run(tiny_run_config(method, "few_iters", tmp_path / f"{method}{i}", *extra), share_models=True)
-                for i, extra in enumerate([["ldet.enabled=false"], [], ["ldet.fixed.noise=false",
-                                                                         "ldet.fixed.images=false"]])]
+                for i, extra in enumerate([["ldet.enabled=false"], ["ldet.log=always"],
+                                           ["ldet.log=always", "ldet.fixed.noise=false", "ldet.fixed.images=false"]])]
         ref = weights(tmp_path / f"{method}0", rows[0])
         assert ref
         for i, row in enumerate(rows[1:], 1):
@@ -52,3 +52,4 @@ def test_ldet_monitoring_does_not_change_training(tmp_path):
                 assert ref[f].keys() == other[f].keys()
                 assert all((ref[f][k] == other[f][k]).all() for k in ref[f]), f"{method}: {f} differs"
         assert records.read(tmp_path / f"{method}0", "steps").l_det.isna().all()
+        assert all(records.read(tmp_path / f"{method}{i}", "steps").l_det.notna().all() for i in (1, 2))

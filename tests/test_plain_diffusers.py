@@ -31,9 +31,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def toy_config(method: str, results) -> dict:
+def toy_config(method: str, results, precision: str = "no") -> dict:
     """A short best-checkpoint run on the shipped toy model: weights/best, a grid at the best step."""
-    return compose([
+    return compose([f"mixed_precision={precision}",
         "model=toy", "metrics=toy", f"method={method}", "method.initializer_token=null",
         "concept=toy_orange_dotted_ring", "strategy=baseline", "strategy.max_steps=4", "strategy.eval_every=2",
         "ldet.enabled=false", "progress=false", "train_batch_size=1", "sampling.steps=3",
@@ -64,13 +64,15 @@ def test_shipped_toy_pipeline_loads_in_plain_diffusers_with_the_projects_tokeniz
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_a_client_without_the_project_reproduces_the_runs_samples(method, tmp_path):
+@pytest.mark.parametrize("method,precision", [(m, "no") for m in METHOD_NAMES] + [(m, "fp16") for m in METHOD_NAMES])
+def test_a_client_without_the_project_reproduces_the_runs_samples(method, precision, tmp_path):
+    """fp16: the weights of a run trained with half frozen weights, autocast and a GradScaler, loaded
+    into a half-precision pipeline."""
     from benchmark.observer import Observer
     from benchmark.train import Session
 
     results = tmp_path / "results"
-    cfg = toy_config(method, results)
+    cfg = toy_config(method, results, precision)
     session = Session([Observer(cfg)], share_models=True)
     session.run()
     row, t = session.observers[0].row, session.trajectory
@@ -97,7 +99,8 @@ def test_a_client_without_the_project_reproduces_the_runs_samples(method, tmp_pa
     out = subprocess.run(
         [sys.executable, "-c", WITHOUT_PROJECT, str(CLIENT), str(PIPELINE), str(weights), "--prompts-file",
          str(tmp_path / "prompts.json"), "--out", str(tmp_path / "client"), "--seed", str(s["seed"]),
-         "--steps", str(s["steps"]), "--guidance", str(s["guidance"]), "--device", "cpu"],
+         "--steps", str(s["steps"]), "--guidance", str(s["guidance"]), "--device", "cpu",
+         "--dtype", {"no": "fp32", "fp16": "fp16"}[precision]],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout[:out.stdout.rindex("}") + 1])["run_id"] == row["run_id"]

@@ -94,3 +94,19 @@ def test_grid_search_hand_computed():
     table = grid_search(late, "dvar", {"window": [4, 5, 10], "threshold": [0.5]})
     assert list(table.tuning_retained) == pytest.approx([0.4, 0.4, 1.0])
     assert list(table.chosen) == [False, False, True]
+
+
+def test_which_steps_a_trace_logged_comes_from_its_config():
+    """ldet.log=always: every ldet.every steps; N: every N; watched on a run whose criterion does not
+    read L_det: none, and replay says how to record a trace instead of replaying NaN."""
+    import json
+
+    from analysis.replay import _ldet_every
+
+    config = lambda **ldet: json.dumps({"ldet": {"enabled": True, "every": 2, **ldet}})  # noqa: E731
+    assert _ldet_every(config(log="always"), True) == 2
+    assert _ldet_every(config(log=10), True) == 10
+    assert _ldet_every(config(log="watched"), True) == 2, "a DVAR run reads its own"
+    assert _ldet_every(config(log="watched"), False) == 0
+    with pytest.raises(ConfigError, match="record traces with ldet.log=always"):
+        ldet_sequence(trace([float("nan")] * 6, ldet_every=0), 1)

@@ -57,12 +57,15 @@ def check_same(a: Path, b: Path) -> None:
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    for method, strategy, extra in [
+    for i, (method, strategy, extra) in enumerate([
         ("dreambooth_lora", "dvar", ["strategy.max_steps=40", "strategy.window=12", "strategy.threshold=0.3"]),
         ("textual_inversion", "clip_s", ["strategy.max_steps=16", "strategy.eval_every=2", "strategy.patience=3",
                                         "strategy.eps=0.0"]),
-    ]:
-        base = tmp_path / method
+        # fp16: half frozen weights, autocast, and a GradScaler whose state the snapshot carries
+        ("dreambooth_lora", "dvar", ["strategy.max_steps=40", "strategy.window=12", "strategy.threshold=0.3",
+                                     "mixed_precision=fp16"]),
+    ]):
+        base = tmp_path / f"{i}-{method}"
         run(tiny_run_config(method, strategy, base / "clean", "checkpoint_every=3", *extra), share_models=True)
         step = kill_after_a_checkpoint(command(base / "killed", method, strategy, extra), base / "killed", 6)
         stopped = records.read(base / "clean", "runs").iloc[0].iterations

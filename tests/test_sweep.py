@@ -119,7 +119,7 @@ def test_the_toy_table_is_reported_on_concepts_it_was_not_tuned_on():
     from benchmark.sweep.plan import load_experiment
 
     table, tuning = load_experiment("toy_table1"), load_experiment("toy_tuning")
-    assert tuning["overrides"] == table["overrides"]
+    assert tuning["overrides"] == [*table["overrides"], "ldet.log=always"], "the same runs, with traces for replay"
     cd_tuning, cd_table = tuning["per_method"]["custom_diffusion"], table["per_method"]["custom_diffusion"]
     assert set(cd_tuning) < set(cd_table), "the same class priors; the table adds the tuned stopping settings"
     assert not any("protocol" in o for o in cd_tuning)

@@ -42,12 +42,12 @@ def assert_same_records(a, b) -> None:
         pd.testing.assert_frame_equal(ta, tb)
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_five_strategies_on_one_trajectory_write_the_standalone_records(method, tmp_path):
+@pytest.mark.parametrize("method,precision", [(m, "no") for m in METHOD_NAMES] + [("dreambooth_lora", "fp16")])
+def test_five_strategies_on_one_trajectory_write_the_standalone_records(method, precision, tmp_path):
     standalone, shared = tmp_path / "standalone", tmp_path / "shared"
-    for cfg in configs(method, standalone):
+    for cfg in configs(method, standalone, STRATEGIES, f"mixed_precision={precision}"):
         run(cfg, share_models=True)
-    cfgs = configs(method, shared)
+    cfgs = configs(method, shared, STRATEGIES, f"mixed_precision={precision}")
     assert len({trajectory_id(c) for c in cfgs}) == 1
     rows = run_trajectory(cfgs, share_models=True)
     stops = {r["iterations"] for r in rows}
@@ -77,7 +77,7 @@ def test_l_det_variants_of_an_ablation_observe_one_trajectory(tmp_path):
     standalone, shared = tmp_path / "standalone", tmp_path / "shared"
     variants = [["ldet.batch_size=2"], ["ldet.fixed.noise=false", "ldet.accumulation=2"]]
     make = lambda results: [tiny_run_config("textual_inversion", "few_iters", results, "strategy.steps=5",  # noqa: E731
-                                            *v) for v in variants]
+                                            "ldet.log=always", *v) for v in variants]
     for cfg in make(standalone):
         run(cfg, share_models=True)
     cfgs = make(shared)
@@ -86,4 +86,4 @@ def test_l_det_variants_of_an_ablation_observe_one_trajectory(tmp_path):
     assert_same_records(standalone, shared)
     steps = records.read(shared, "steps")
     a, b = (steps[steps.run_id == r].sort_values("step").l_det.to_numpy() for r in sorted(set(steps.run_id)))
-    assert (a != b).all(), "each variant has its own evaluation batch"
+    assert len(a) == len(b) == 6 and (a != b).all(), "each variant has its own evaluation batch"

@@ -68,7 +68,6 @@ class CustomDiffusion(Method):
     def setup_extra(self) -> None:
         for name, proc in install_processors(self.backbone.unet).items():
             for pname, p in proc.named_parameters():
-                p.data = p.data.float()  # trainable weights stay fp32 under mixed precision
                 self.trainables[f"{name}.{pname}"] = p
 
     @property

@@ -18,9 +18,8 @@ the nearest snapshot. The worst case (every run to its cap) sets the Slurm time 
 from __future__ import annotations
 
 import csv
-import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -44,9 +43,25 @@ class Profile:
     class_image_s: float
     methods: dict[str, dict[str, float]]
     source: str
+    fallbacks: set[str] = field(default_factory=set)  # methods priced as the slowest profiled one
 
     def covers(self, cfg: dict) -> bool:
         return cfg["model"]["name"] in self.models
+
+    def method(self, name: str) -> dict[str, float]:
+        """The method's step costs; a method the profile lacks is priced as the slowest profiled
+        method, key by key (an upper bound for a plugin of the same base model), and listed."""
+        if name in self.methods:
+            return self.methods[name]
+        self.fallbacks.add(name)
+        return {k: max(m[k] for m in self.methods.values()) for k in METHOD_KEYS}
+
+    def fallback_note(self) -> str | None:
+        if not self.fallbacks:
+            return None
+        return (f"warning: {', '.join(sorted(self.fallbacks))} not in {self.path}; priced as its slowest method, "
+                f"key by key. Record it: `python -m benchmark.bench --record {self.path} --methods "
+                f"{' '.join(sorted(self.fallbacks))}`.")
 
 
 def load_profile(path: Path) -> Profile:
@@ -57,9 +72,11 @@ def load_profile(path: Path) -> Profile:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
         methods = {m: {k: float(v[k]) for k in METHOD_KEYS} for m, v in raw["methods"].items()}
+        if not methods:
+            raise ValueError("no methods")
         return Profile(path, str(raw["gpu"]), list(raw["models"]), float(raw["setup_s"]),
                        float(raw["class_image_s"]), methods, str(raw.get("source", "")))
-    except (KeyError, TypeError, ValueError, yaml.YAMLError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as err:
         raise ConfigError(f"{path}: not a timing profile ({type(err).__name__}: {err}); it needs gpu, models, "
                           f"setup_s, class_image_s and methods.<method>.{{{', '.join(METHOD_KEYS)}}}.") from err
 
@@ -91,13 +108,25 @@ def _evaluations(strategy: dict, updates: float) -> float:
     return 1.0
 
 
+def ldet_steps(cfg: dict, updates: float, start: int = 0) -> set[int]:
+    """The steps after `start` (and step 0 itself for a pass from 0) at which a run computes L_det
+    (benchmark.config.logs_ldet: what its criterion watches and what `ldet.log` adds)."""
+    from benchmark.config import logs_ldet
+    from benchmark.strategies import strategy_class
+
+    watched = strategy_class(cfg["strategy"]["name"]).needs_ldet
+    first = start + 1 if start else 0
+    return {s for s in range(first, int(updates) + 1) if logs_ldet(cfg["ldet"], watched, s)}
+
+
+def ldet_items(ldet: dict) -> float:
+    """Items of one L_det evaluation in units of the profile's 8-item pass (intervals: 4 timesteps each)."""
+    return ldet["batch_size"] * ldet["accumulation"] * (4 if ldet.get("intervals") else 1) / 8
+
+
 def run_seconds(cfg: dict, profile: Profile, updates: float, n_val_prompts: int) -> float:
-    m = profile.methods[cfg["method"]["name"]]
-    ldet = cfg["ldet"]
-    passes = 0.0
-    if ldet["enabled"]:
-        items = ldet["batch_size"] * ldet["accumulation"] * (4 if ldet.get("intervals") else 1)
-        passes = (updates // ldet["every"] + 1) * items / 8
+    m = profile.method(cfg["method"]["name"])
+    passes = len(ldet_steps(cfg, updates)) * ldet_items(cfg["ldet"])
     sampling = cfg["sampling"]
     n_val = sampling.get("n_val_prompts") or n_val_prompts
     images = sampling["n_train_prompts"] + n_val * sampling["images_per_val_prompt"]
@@ -114,7 +143,7 @@ def run_cost(cfg: dict, label: str, profile: Profile, paper: dict, n_val_prompts
         cap = derived_steps
     expected = float(cap)
     if strategy["name"] in ("clip_s", "dvar"):
-        mean = paper.get((PAPER_NAMES[cfg["method"]["name"]], PAPER_NAMES[label], "Iterations"))
+        mean = paper.get((PAPER_NAMES.get(cfg["method"]["name"]), PAPER_NAMES.get(label), "Iterations"))
         expected = min(float(cap), mean) if mean else float(cap)
     return RunCost(cfg["method"]["name"], label, expected, cap, run_seconds(cfg, profile, expected, n_val_prompts),
                    run_seconds(cfg, profile, cap, n_val_prompts))
@@ -130,17 +159,18 @@ class TrajectoryCost:
 def _pass_seconds(members: list[tuple[dict, float, int]], profile: Profile, n_val_prompts: int) -> float:
     """One pass along a trajectory observed by `members` = (config, expected updates, start step),
     setup aside."""
+    from benchmark.config import ldet_variant
+
     cfg0 = members[0][0]
-    m = profile.methods[cfg0["method"]["name"]]
+    m = profile.method(cfg0["method"]["name"])
     start = min(s for _, _, s in members)
     updates = max(u for _, u, _ in members) - start
-    ldet = {}
+    variants: dict[str, tuple[dict, set[int]]] = {}  # each variant once per step any member computes it
     for cfg, u, _ in members:
         if cfg["ldet"]["enabled"]:
-            key = json.dumps(cfg["ldet"], sort_keys=True)
-            ldet[key] = (cfg["ldet"], max(u, ldet.get(key, (None, 0))[1]))
-    passes = sum(((u - start) // l["every"] + 1) * l["batch_size"] * l["accumulation"] * (4 if l.get("intervals") else 1) / 8
-                 for l, u in ldet.values())
+            ldet, steps = variants.setdefault(ldet_variant(cfg["ldet"]), (cfg["ldet"], set()))
+            steps |= ldet_steps(cfg, u, start)
+    passes = sum(len(steps) * ldet_items(ldet) for ldet, steps in variants.values())
     eval_steps: set[int] = set()
     finals = 0
     for cfg, u, _ in members:

@@ -149,6 +149,8 @@ def format_estimate(pf: Preflight, launcher: dict, explain_missing: bool = False
                f"({worst:.1f} if every run goes to its cap)"
                + (f" + {pf.class_images_s / 3600:.1f} GPU-h of class images" if pf.class_images_s else "")
                + f"; {alone:.1f} GPU-h if every run trained on its own ({alone / shared:.2f}x)")
+    if pf.profile.fallback_note():
+        out.append("  " + pf.profile.fallback_note())
     out.append("  min/run: a run on its own, L_det and evaluations included; 'paper min' is the paper's Table 1 time "
                "(its protocol's cost, no L_det where a strategy does not use it).")
     if pf.time_limit_min:

@@ -12,7 +12,8 @@ An experiment file (conf/experiments/<name>.yaml) is data, reviewed like code:
     variants: [[ldet.batch_size=1], [ldet.batch_size=8]]   # optional, crossed with the grid
     per_method: {custom_diffusion: [method.prior.num_class_images=4]}
     few_iters: derive                 # derive (from this sweep's CLIP-s stop steps) | pinned
-    base: toy_table1                  # optional: start from that experiment's keys, these replace them
+    base: toy_table1                  # optional: start from that experiment's keys; these replace them,
+                                      # except `overrides`, which come after the base's
 
 "Done" is decided from the records: a run is done when its `runs` row says completed.
 """
@@ -51,7 +52,9 @@ def load_experiment(name: str) -> dict:
     exp = yaml.safe_load(path.read_text()) or {}
     if "base" in exp:  # the same runs' settings as another experiment, on another grid (e.g. tuning concepts)
         base = load_experiment(str(exp.pop("base")))
+        own = list(exp.pop("overrides", None) or [])
         exp = {**{k: v for k, v in base.items() if k not in ("name", "path")}, **exp}
+        exp["overrides"] = list(base.get("overrides") or []) + own
     unknown = set(exp) - {"description", "overrides", "grid", "variants", "per_method", "few_iters", "runs_per_job"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; see benchmark/sweep/plan.py for the format.")
