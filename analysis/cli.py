@@ -3,6 +3,7 @@ experiment's records; criterion replay (`--help` explains every command and key)
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from benchmark.cli_args import Spec, UsageError, as_list, as_number, fail, progress, require
 from benchmark.cli_args import parse as parse_args
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, integer, number
 
 PROG = "python -m analysis"
 _COMMON = ("experiment", "results", "out")
@@ -105,6 +106,31 @@ def replay_grid(options: dict, criterion: str) -> dict[str, list]:
     return grid
 
 
+def check_folders(results: Path, out: Path, given_out: bool) -> None:
+    """results= a folder this user can read, out= a folder that can be written: refused before anything is read."""
+    from benchmark.records import writable
+
+    def exists(path: Path) -> bool:
+        try:
+            return path.exists()
+        except OSError:  # below a folder this user cannot search
+            return False
+
+    existing = next(p for p in [results, *results.absolute().parents] if exists(p))
+    if not existing.is_dir():
+        raise ConfigError(f"results={results}: {'' if existing == results else str(existing) + ' is '}a file, not a "
+                          "folder; give the results root the sweep wrote to.")
+    if existing == results and not os.access(results, os.R_OK | os.X_OK):
+        raise ConfigError(f"results={results}: this user cannot read it (permission denied); give a results folder "
+                          "you can read, or fix its permissions.")
+    key = "out" if given_out else "out (default <results>/analysis/NAME)"
+    if exists(out) and not out.is_dir():
+        raise ConfigError(f"{key}={out}: a file, not a folder; give out=DIR (created if missing).")
+    if not writable(out):
+        raise ConfigError(f"{key}={out}: cannot be written by this user (or lies on a read-only or system "
+                          "filesystem); give out=DIR where you can write.")
+
+
 def logged_traces(results: Path, experiment: str, strategy: str):
     """(runs, traces) of the experiment's completed runs of `strategy`, the input of replays."""
     from analysis.load import completed_runs, evals_of, steps_of
@@ -128,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment = require(args, "experiment", PROG, f"{args.command} experiment=NAME (e.g. experiment=smoke)")
         results = Path(args.get("results", "results"))
         out = Path(args["out"]) if args.get("out") else results / "analysis" / experiment
+        check_folders(results, out, given_out=bool(args.get("out")))
         t0 = time.perf_counter()
         if args.command == "report":
             from analysis.report import build
@@ -144,31 +171,34 @@ def main(argv: list[str] | None = None) -> int:
             print((out / "ablation.md").read_text())
             print(f"wrote {', '.join(sorted(files))} to {out}")
         elif args.command == "tables":
-            from analysis.load import completed_runs
+            from analysis.load import runs_and_left_out
             from analysis.tables import write_tables
 
             progress(f"reading the runs of {experiment} under {results}")
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
-                runs = completed_runs(results, experiment)
+                runs, left = runs_and_left_out(results, experiment)
                 progress(f"tables from {len(runs)} completed runs")
-                files = write_tables(runs, out)
+                files = write_tables(runs, out, left)
             print((out / "table1.md").read_text())
             print((out / "table3.md").read_text())
             print(f"wrote {', '.join(sorted(files))} to {out}")
         elif args.command == "strided":
             import json
 
-            from analysis.replay import strided_summary, strided_vs_every_step
+            from analysis.replay import check_grid, strided_summary, strided_vs_every_step
 
             every = numbers("every", args.get("every", "2,5,10"), int)
             window = as_number("window", args["window"], int) if args.get("window") else None
             threshold = as_number("threshold", args["threshold"]) if args.get("threshold") else None
+            check_grid("dvar", {"every": every, **({"window": [window]} if window is not None else {}),
+                                **({"threshold": [threshold]} if threshold is not None else {})}, complete=False)
             runs, ts = logged_traces(results, experiment, args.get("strategy", "baseline"))
             params = {}
             for r in runs.itertuples():
                 dvar = json.loads(r.config_json)["method"]["protocol"]["dvar"]
                 params[r.run_id] = {"window": window or dvar["window"], "threshold": threshold or dvar["threshold"]}
+            check_grid("dvar", {"every": every, "window": sorted({p["window"] for p in params.values()})}, complete=False)
             progress(f"replaying DVAR on {len(ts)} traces at strides {', '.join(map(str, every))}")
             rows = strided_vs_every_step(ts, params, every)
             out.mkdir(parents=True, exist_ok=True)
@@ -178,14 +208,17 @@ def main(argv: list[str] | None = None) -> int:
             print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             print(f"\nper trace: {out / 'strided_dvar.csv'}")
         else:
-            from analysis.replay import grid_search
+            from analysis.replay import check_grid, grid_search
 
             criterion = require(args, "criterion", PROG, f"replay experiment={experiment} criterion=dvar|clip_s|"
                                                          "ema|hall|trend|trend_relative|fixed KEY=V1,V2 ...")
             grid = replay_grid(args.options, criterion)
-            fraction = as_number("tuning_fraction", args.get("tuning_fraction", "0.5"))
-            target = as_number("target", args.get("target", "0.9"))
-            seed = as_number("seed", args.get("seed", "0"), int)
+            check_grid(criterion, grid)
+            fraction = number("tuning_fraction", as_number("tuning_fraction", args.get("tuning_fraction", "0.5")), 0, 1,
+                              open_lo=True, note="the share of the concepts the choice is tuned on")
+            target = number("target", as_number("target", args.get("target", "0.9")), 0, 1, open_lo=True,
+                            note="the share of the best train CLIP img to retain")
+            seed = integer("seed", as_number("seed", args.get("seed", "0"), int), 0, 2**31 - 1)
             _, ts = logged_traces(results, experiment, args.get("strategy", "baseline"))
             if args.get("method"):
                 ts = [t for t in ts if t.method == args["method"]]
@@ -202,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             print(f"\nchosen on the tuning concepts (target retained >= {target}); held-out columns are the "
                   f"estimate. Written to {path}")
-    except (ConfigError, UsageError, FileNotFoundError) as err:
+    except (ConfigError, UsageError, OSError) as err:  # OSError: a records file this user cannot read
         return fail(err)
     return 0
 

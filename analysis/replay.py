@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, integer, number
 from benchmark.stopping import DVAR, ClipS, EMAPercentile, Hall, Trend, TrendRelative
 
 QUALITY = ("train_clip_img", "val_clip_img", "val_clip_txt", "dino", "div")
@@ -81,6 +81,34 @@ def _params(criterion: str, params: dict) -> dict:
     if unknown:
         raise ConfigError(f"{criterion} takes {', '.join(CRITERIA[criterion])} (got {sorted(unknown)})")
     return {k: CRITERIA[criterion][k](v) for k, v in params.items()}
+
+
+def check_grid(criterion: str, grid: dict[str, list], complete: bool = True) -> None:
+    """A replay grid's values, named by their keys, before any trace is read: the live criteria's
+    ranges, a strided DVAR window longer than the stride, and (`complete`) every hyperparameter but
+    `every` given."""
+    from benchmark.strategies import MAX_STEPS
+
+    missing = [k for k in CRITERIA[criterion] if k != "every" and k not in grid]
+    if complete and missing:
+        raise ConfigError(f"replay criterion={criterion} needs {' '.join(f'{k}=V1,V2' for k in missing)} too.")
+    ranges = {
+        "window": lambda v: integer("window", v, 2, MAX_STEPS, "the window counts steps"),
+        "every": lambda v: integer("every", v, 1, MAX_STEPS),
+        "patience": lambda v: integer("patience", v, 0, MAX_STEPS),
+        "steps": lambda v: integer("steps", v, 1, MAX_STEPS),
+        "eps": lambda v: number("eps", v, 0, 1),
+        "threshold": (lambda v: number("threshold", v, 0, 1, open_lo=True, open_hi=True)) if criterion == "dvar"
+        else (lambda v: number("threshold", v, 0, 1e6, open_lo=True)),
+    }
+    for key, values in grid.items():
+        for value in values:
+            ranges[key](value)
+    if criterion == "dvar":
+        for window, every in itertools.product(grid.get("window", []), grid.get("every", [1])):
+            if math.ceil(window / every) < 2:
+                raise ConfigError(f"window={window} holds one L_det value at every={every} (the window counts steps); "
+                                  "DVAR needs two at least: give windows above every.")
 
 
 def _quality_at(trace: Trace, step: int) -> pd.Series:

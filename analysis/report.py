@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 
 from analysis import figures, tables
-from analysis.load import METHOD_NAMES, STRATEGY_NAMES, completed_runs, evals_of, order, steps_of
+from analysis.load import METHOD_NAMES, STRATEGY_NAMES, evals_of, order, runs_and_left_out, steps_of
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PAPER_MODEL = "sd15"
@@ -188,18 +188,33 @@ def paper_table(long: pd.DataFrame, table: int) -> list[str]:
     return lines + ["", "*the paper's Table " + str(table) + " (`analysis/paper_tables.csv`); - where it has no cell*", ""]
 
 
+def left_out_section(left: pd.DataFrame) -> list[str]:
+    """The runs missing from the tables, each with why: failed (its error), damaged (the file), or
+    outside the plan."""
+    if left.empty:
+        return []
+    lines = ["## Runs left out", "",
+             f"{len(left)} runs are not in the tables below (also in `left_out.csv`; `python -m benchmark.sweep status` "
+             "shows the logs of failed runs, `--rerun-failed` runs failed and damaged ones again):", ""]
+    for r in left.itertuples():
+        where = f", `{r.concept}` seed {int(r.seed)}" if isinstance(r.concept, str) else ""
+        lines.append(f"- **{r.reason}**: {METHOD_NAMES.get(r.method, r.method)} / "
+                     f"{STRATEGY_NAMES.get(r.strategy, r.strategy)}{where}, run `{r.run_id}`: {' '.join(str(r.detail).split())}")
+    return lines + [""]
+
+
 def build(results: Path, experiment: str, out: Path, progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Tables, figures, report.md and report.html for `experiment` under `out`; `progress` gets a line
     per stage (the command prints them to stderr)."""
     say = progress or (lambda _: None)
     out.mkdir(parents=True, exist_ok=True)
     say(f"reading the runs of {experiment} under {results}")
-    runs = completed_runs(results, experiment)
+    runs, left = runs_and_left_out(results, experiment)
     n = runs.concept.nunique()
     say(f"tables 1 and 3 from {len(runs)} completed runs ({n} concept{'s' if n != 1 else ''})")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        files = tables.write_tables(runs, out)
+        files = tables.write_tables(runs, out, left)
     notes = [str(w.message) for w in caught]
     say("figures: stop steps per strategy, time vs quality")
     figs = {"stops": figures.stop_distribution(runs, out / "figures" / "stop_steps"),
@@ -229,6 +244,7 @@ def build(results: Path, experiment: str, out: Path, progress: Callable[[str], N
           + (" (uncommitted changes)" if meta.git_dirty else "") + ".", ""]
     if notes:
         md += ["**Warnings:**", "", *[f"- {n}" for n in notes], ""]
+    md += left_out_section(left)
     say(f"the claims: trend-to-noise and quality kept over {len(runs)} runs")
     md += headline(runs, steps_of(results, experiment, runs.run_id))
     md += ["## Table 1: quality, iterations, time", "",

@@ -78,7 +78,23 @@ def wide(long: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(long: pd.DataFrame) -> str:
+def left_note(left: pd.DataFrame | None) -> str:
+    """The runs missing from the tables because they failed or are damaged, by cell ('' if none):
+    'left out: 2 failed runs (DreamBooth-LoRA / Baseline, DreamBooth-LoRA / DVAR), 1 damaged run (...)'."""
+    if left is None:
+        return ""
+    parts = []
+    for reason in ("failed", "damaged"):
+        mine = left[left.reason == reason]
+        if len(mine):
+            methods, strategies = order(mine.method, METHOD_NAMES), order(mine.strategy, STRATEGY_NAMES)
+            cells = sorted(set(zip(mine.method, mine.strategy)), key=lambda c: (methods.index(c[0]), strategies.index(c[1])))
+            parts.append(f"{len(mine)} {reason} run{'s' if len(mine) != 1 else ''} ("
+                         + ", ".join(f"{METHOD_NAMES.get(m, m)} / {STRATEGY_NAMES.get(s, s)}" for m, s in cells) + ")")
+    return "left out: " + ", ".join(parts) + "; left_out.csv names each run and why" if parts else ""
+
+
+def to_markdown(long: pd.DataFrame, left: pd.DataFrame | None = None) -> str:
     w = wide(long)
     lines = ["| " + " | ".join(w.columns) + " |", "|" + "|".join("---" if c in ("Method", "Strategy") else "---:"
                                                                for c in w.columns) + "|"]
@@ -86,16 +102,19 @@ def to_markdown(long: pd.DataFrame) -> str:
     note = f"\nmean ± std over concepts (std ddof={DDOF}); n = concepts per cell"
     if (~long.complete).any():
         note += "; * = incomplete cell"
-    return "\n".join(lines) + note + "\n"
+    missing = left_note(left)
+    return "\n".join(lines) + note + "\n" + (missing + "\n" if missing else "")
 
 
-def to_latex(long: pd.DataFrame, caption: str) -> str:
+def to_latex(long: pd.DataFrame, caption: str, left: pd.DataFrame | None = None) -> str:
     w = wide(long, latex=True)
     cols = "ll" + "r" * (len(w.columns) - 2)
     body = [" & ".join(str(v) for v in row) + r" \\" for row in w.itertuples(index=False)]
+    note = left_note(left).replace("_", r"\_")
+    missing = f"; {note}" if note else ""
     return "\n".join([r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
                       " & ".join(w.columns) + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
-                      rf"\caption{{{caption} Mean $\pm$ std over concepts (ddof={DDOF}).}}", r"\end{table}", ""])
+                      rf"\caption{{{caption} Mean $\pm$ std over concepts (ddof={DDOF}){missing}.}}", r"\end{table}", ""])
 
 
 def to_csv(long: pd.DataFrame) -> str:
@@ -131,13 +150,17 @@ def versus_markdown(both: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(runs: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """table1/table3 in .md, .tex, .csv and the comparison with the paper; returns the files."""
+def write_tables(runs: pd.DataFrame, out: Path, left: pd.DataFrame | None = None) -> dict[str, Path]:
+    """table1/table3 in .md, .tex, .csv and the comparison with the paper, and with `left` (the runs
+    left out, analysis.load) left_out.csv; returns the files."""
     out.mkdir(parents=True, exist_ok=True)
     files = {}
+    if left is not None:
+        files["left_out.csv"] = out / "left_out.csv"
+        left.to_csv(files["left_out.csv"], index=False)
     for number, long, caption in ((1, table1(runs), "Quality, iterations and time per method and strategy."),
                                   (3, table3(runs), "Identity preservation (DINO) and diversity (DIV).")):
-        for ext, text in (("md", to_markdown(long)), ("tex", to_latex(long, caption)), ("csv", to_csv(long))):
+        for ext, text in (("md", to_markdown(long, left)), ("tex", to_latex(long, caption, left)), ("csv", to_csv(long))):
             files[f"table{number}.{ext}"] = out / f"table{number}.{ext}"
             files[f"table{number}.{ext}"].write_text(text)
         both = versus_paper(long, number)

@@ -25,14 +25,22 @@ def write_sums(folder: Path, suffixes=(".safetensors", ".json", ".pt", ".txt"), 
     return folder / SUMS
 
 
+def bad_files(folder: Path) -> dict[str, str]:
+    """The files of `folder` that are missing or differ from its SHA256SUMS: name -> what is wrong."""
+    bad = {}
+    for line in (folder / SUMS).read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        if not (folder / name).exists():
+            bad[name] = "missing"
+        elif sha256(folder / name) != digest:
+            bad[name] = f"changed (its SHA-256 differs from {folder / SUMS})"
+    return bad
+
+
 @lru_cache(maxsize=8)
 def verify_sums(folder: Path, fix: str) -> None:
     """Raise ConfigError naming every file of `folder` that is missing or differs from SHA256SUMS."""
-    bad = []
-    for line in (folder / SUMS).read_text().splitlines():
-        digest, name = line.split("  ", 1)
-        if not (folder / name).exists() or sha256(folder / name) != digest:
-            bad.append(name)
+    bad = bad_files(folder)
     if bad:
         raise ConfigError(f"{folder}: {', '.join(bad)} missing or changed (SHA-256 differs from {SUMS}). {fix}")
 
@@ -40,11 +48,25 @@ def verify_sums(folder: Path, fix: str) -> None:
 SHIPPED_FIX = "Rebuild them with `python -m benchmark.toy.pretrain` or restore them with git."
 
 
-def verify_shipped(path: Path, fix: str = SHIPPED_FIX) -> None:
-    """Check the SHA256SUMS of the folder that ships `path` (its own folder or the one above), if
-    there is one; once per process."""
+def sums_folder(path: Path) -> Path | None:
+    """The folder whose SHA256SUMS covers `path` (its own folder or the one above), if any."""
     start = path if path.is_dir() else path.parent
-    for folder in (start, start.parent):
-        if (folder / SUMS).exists():
-            verify_sums(folder.resolve(), fix)
-            return
+    return next((f for f in (start, start.parent) if (f / SUMS).exists()), None)
+
+
+def verify_shipped(path: Path, fix: str = SHIPPED_FIX) -> None:
+    """Check the SHA256SUMS of the folder that ships `path`, if there is one; once per process."""
+    folder = sums_folder(path)
+    if folder is not None:
+        verify_sums(folder.resolve(), fix)
+
+
+def shipped_problems(path: Path, fix: str = SHIPPED_FIX) -> list[str]:
+    """One line per file at or under `path` that its SHA256SUMS lists and that is missing or changed
+    (the preflight's listing: every broken file named, with the fix)."""
+    folder = sums_folder(path)
+    if folder is None:
+        return []
+    path = Path(path).resolve()
+    return [f"{folder.resolve() / name}: {why}. {fix}" for name, why in bad_files(folder.resolve()).items()
+            if (folder.resolve() / name) == path or path in (folder.resolve() / name).parents]

@@ -6,9 +6,12 @@ import copy
 import functools
 import hashlib
 import json
+import math
+import re
+import time
 from pathlib import Path
 
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, boolean, choice, integer, number
 from benchmark.registry import did_you_mean, unknown_name_error
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -95,7 +98,7 @@ def _drop(cfg: dict, dotted: str) -> None:
 
 def semantic(cfg: dict) -> dict:
     """What a run computes from: the config without paths, devices and logging, plus the content of
-    the concept's images (new images make a new run, not one skipped as done)."""
+    the concept's files (new images or captions make a new run, not one skipped as done)."""
     out = copy.deepcopy(cfg)
     for key in NON_SEMANTIC:
         _drop(out, key)
@@ -106,8 +109,9 @@ def semantic(cfg: dict) -> dict:
 
 
 def concept_images(concept: str, data: str) -> str | None:
-    """A digest of the concept's image files, or None while they are not there (not fetched yet)."""
-    from benchmark.concepts.images import images_digest
+    """A digest of the files a run reads from the concept's folder (images, captions.txt), or None
+    while they are not there (not fetched yet). Named for the images alone, as it was first: a new
+    name would change every run id."""
     from benchmark.concepts.manifest import load_manifest
 
     known = load_manifest().get(concept)
@@ -115,19 +119,29 @@ def concept_images(concept: str, data: str) -> str | None:
     if folder is None or not folder.is_dir():
         return None
     try:
-        stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()))
+        stats = [(p.name, p.stat()) for p in sorted(folder.iterdir())]
     except OSError:
         return None
+    # The folder's state: a rewrite changes a file's ctime, which no tool sets back (unlike its mtime),
+    # a replacement its inode. Timestamps are coarse (a clock tick, or seconds on some filesystems), so a
+    # file changed within RACY_NS could change again with the same state: such a folder is hashed
+    # afresh (git's "racily clean" rule).
+    stamp = tuple((name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for name, st in stats)
+    if time.time_ns() - max((st.st_ctime_ns for _, st in stats), default=0) < RACY_NS:
+        return _digest.__wrapped__(str(folder), stamp)
     return _digest(str(folder), stamp)
+
+
+RACY_NS = 2_000_000_000
 
 
 @functools.lru_cache(maxsize=4096)
 def _digest(folder: str, stamp: tuple) -> str | None:
-    """Cached per folder state (names, sizes, modification times): each image is hashed once."""
-    from benchmark.concepts.images import images_digest
+    """Cached per folder state: each file is hashed once per process while it does not change."""
+    from benchmark.concepts.images import concept_digest
 
     try:
-        return images_digest(Path(folder))
+        return concept_digest(Path(folder))
     except (ConfigError, OSError):
         return None
 
@@ -177,13 +191,147 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+SEED_MAX = 2**31 - 1
+
+
+def _seed(key, value):
+    return integer(key, value, 0, SEED_MAX)
+
+
+def _steps(lo: int = 1, note: str = ""):
+    from benchmark.strategies import MAX_STEPS
+
+    return lambda key, value: integer(key, value, lo, MAX_STEPS, note)
+
+
+def _ints(lo: int, hi: int, note: str = ""):
+    return lambda key, value: integer(key, value, lo, hi, note)
+
+
+def _numbers(lo: float, hi: float, open_lo: bool = False, open_hi: bool = False, note: str = ""):
+    return lambda key, value: number(key, value, lo, hi, open_lo, open_hi, note)
+
+
+def _optional(check, note: str):
+    """null, or a value `check` accepts (its message then says what null means)."""
+    def checked(key, value):
+        if value is None:
+            return None
+        try:
+            return check(key, value)
+        except ConfigError as err:
+            raise ConfigError(f"{str(err).rstrip('.')}; or null: {note}.") from None
+    return checked
+
+
+def _one_of(*choices):
+    return lambda key, value: choice(key, value, choices)
+
+
+def _device(key, value):
+    _check(isinstance(value, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value) is not None,
+           f"{key} must be auto, cpu, cuda, cuda:N or mps (got {value!r}).")
+
+
+def _name(key, value):
+    _check(isinstance(value, (str, int)) and not isinstance(value, bool)
+           and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(value)) is not None,
+           f"{key} must be a name of letters, digits, _ . - (it names folders and a records partition; got {value!r}).")
+
+
+def _path(key, value):
+    _check(isinstance(value, str) and value.strip() != "", f"{key} must be a folder path (got {value!r}).")
+
+
+def _guidance(key, value):
+    return number(key, value, 1, 100, note="1: no classifier-free guidance")
+
+
+# Every key of conf/ that holds a number, a switch or a word, with its type and range, by the dotted
+# name the user sets (a key a config lacks is skipped: prior is Custom Diffusion's, lora
+# DreamBooth-LoRA's). Strategy keys are checked by benchmark.strategies, launcher keys by the sweep
+# that reads them; ldet.log, ldet.timestep_range, model.resolution and model.pretrained below. Not
+# here: the component configs under model.build.<component>, metrics.clip.config and
+# metrics.dino.kwargs, the libraries' own constructor arguments, passed on as they are.
+KEYS = {
+    "experiment": _name,
+    "seed": _seed,
+    "device": _device,
+    "mixed_precision": _one_of(*MIXED_PRECISION),
+    "deterministic": boolean,
+    "train_batch_size": _ints(1, 1024),
+    "num_workers": _ints(0, 64),
+    "checkpoint_every": _steps(0, "0: a snapshot at the end only"),
+    "log_every": _steps(),
+    "progress": boolean,
+    "paths.results": _path,
+    "paths.data": _path,
+    "paths.cache": _path,
+    "ldet.enabled": boolean,
+    "ldet.every": _steps(),
+    "ldet.batch_size": _ints(1, 1000),
+    "ldet.accumulation": _ints(1, 1000),
+    "ldet.forward_batch": _ints(0, 4096),
+    "ldet.seed_offset": _seed,
+    **{f"ldet.fixed.{source}": boolean for source in ("images", "captions", "latents", "noise", "timesteps")},
+    "ldet.intervals": boolean,
+    "model.sample_steps": _ints(1, 1000),
+    "model.build.seed": _seed,
+    "metrics.seed": _seed,
+    "metrics.pairing": _one_of("all_pairs", "index"),
+    "metrics.text_subject": _one_of("remove", "class_noun"),
+    "metrics.lpips.net": _one_of("alex", "vgg", "squeeze"),
+    "metrics.lpips.pretrained_backbone": boolean,
+    "metrics.dino.pretrained": boolean,
+    "method.learning_rate": _numbers(0, 1, open_lo=True),
+    "method.adam.beta1": _numbers(0, 1, open_hi=True),
+    "method.adam.beta2": _numbers(0, 1, open_hi=True),
+    "method.adam.weight_decay": _numbers(0, 1),
+    "method.adam.eps": _numbers(0, 1, open_lo=True),
+    "method.max_grad_norm": _optional(_numbers(0, 1e6, open_lo=True), "no clipping"),
+    "method.max_train_steps": _steps(),
+    "method.guidance": _guidance,
+    "method.captions": _one_of("templates", "instance"),
+    "method.center_crop": boolean,
+    "method.flip_p": _numbers(0, 1),
+    "method.random_rescale": boolean,
+    "method.prior.weight": _numbers(0, 100),
+    "method.prior.num_class_images": _ints(1, 100_000),
+    "method.lora.rank": _ints(1, 1024),
+    "method.lora.alpha": _numbers(0, 10_000, open_lo=True),
+    "sampling.steps": _ints(1, 1000),
+    "sampling.guidance": _guidance,
+    "sampling.seed": _seed,
+    "sampling.n_train_prompts": _ints(1, 1000),
+    "sampling.images_per_val_prompt": _ints(1, 100),
+    "sampling.n_val_prompts": _optional(_ints(1, 1000), "all of the concept's val prompts"),
+    "sampling.batch_size": _ints(1, 1024),
+    "sampling.save_images": _one_of("none", "final", "all"),
+}
+
+
+def _check_keys(cfg: dict) -> None:
+    for dotted, check in KEYS.items():
+        node = cfg
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            check(dotted, node)
+
+
 def _check_can_act(strategy) -> None:
     """Settings under which a strategy could never stop before its budget are refused."""
     s = strategy.cfg
     if strategy.name == "dvar":
-        _check(s["window"] <= strategy.max_steps,
-               f"strategy.window={s['window']} exceeds strategy.max_steps={strategy.max_steps}: DVAR could never stop "
-               "before its budget. Lower strategy.window or raise strategy.max_steps.")
+        every = strategy.ldet_every
+        first = every * math.ceil(s["window"] / every)  # the step of its first decision: one value past the window
+        _check(first <= strategy.max_steps,
+               (f"strategy.window={s['window']} exceeds strategy.max_steps={strategy.max_steps}" if every == 1 else
+                f"with strategy.window={s['window']} and ldet.every={every} DVAR decides first at step {first}, beyond "
+                f"strategy.max_steps={strategy.max_steps}")
+               + ": DVAR could never stop before its budget. Lower strategy.window or raise strategy.max_steps.")
     if strategy.name == "clip_s":
         earliest = s["eval_every"] * (s["patience"] + 2)
         _check(earliest <= strategy.max_steps,
@@ -192,52 +340,50 @@ def _check_can_act(strategy) -> None:
                "or strategy.patience, or raise strategy.max_steps.")
 
 
+def _check_model(model: dict) -> None:
+    from benchmark.provenance import project_path
+
+    res = model.get("resolution")
+    _check(isinstance(res, int) and not isinstance(res, bool) and 16 <= res <= 4096 and res % 8 == 0,
+           f"model.resolution must be a multiple of 8 from 16 to 4096 (got {res!r}).")
+    _check(bool(model.get("pretrained") or model.get("build")),
+           f"model '{model.get('name')}': set model.pretrained (hub id or folder) or model.build.")
+    source = model.get("pretrained")
+    if source is not None:
+        _check(isinstance(source, str), f"model.pretrained must be a hub id or a folder (got {source!r}).")
+        _check(not source.startswith((".", "/", "~")) or project_path(source).is_dir(),
+               f"model.pretrained={source}: folder does not exist. Give a diffusers Stable Diffusion folder (with "
+               "unet/, vae/, text_encoder/, tokenizer/) or a hub id.")
+
+
 def validate(cfg: dict) -> None:
     """Every check that can fail before loading a model; errors name the key and the fix."""
     from benchmark.concepts.manifest import get_concept
     from benchmark.methods import METHODS
     from benchmark.sampling import SCHEDULERS
-    from benchmark.strategies import make_strategy
+    from benchmark.strategies import MAX_STEPS, check_protocol, make_strategy
 
     for key in ("method", "strategy", "model", "ldet", "sampling", "metrics", "concept", "seed"):
         _check(key in cfg, f"Config has no `{key}` section; run through `python -m benchmark.run` "
                            "or compose conf/run.yaml.")
     METHODS.get(cfg["method"]["name"])
-    every = cfg["ldet"].get("every")
-    _check(isinstance(every, int) and not isinstance(every, bool) and every >= 1,
-           f"ldet.every must be a positive integer (got {every!r}).")
-    strategy = make_strategy(cfg["strategy"], every)
+    _check_keys(cfg)
+    ldet = cfg["ldet"]
+    check_protocol(cfg["method"].get("protocol") or {})  # first: conf/strategy/ interpolates these values
+    strategy = make_strategy(cfg["strategy"], ldet["every"])
     _check_can_act(strategy)
     get_concept(cfg["concept"])
-    model_name = cfg["model"].get("name")
-    _check(bool(cfg["model"].get("pretrained") or cfg["model"].get("build")),
-           f"model '{model_name}': set model.pretrained (hub id or folder) or model.build.")
-    res = cfg["model"].get("resolution")
-    _check(isinstance(res, int) and res >= 16 and res % 8 == 0,
-           f"model.resolution must be a multiple of 8 >= 16 (got {res!r}).")
-    _check(isinstance(cfg["seed"], int), f"seed must be an integer (got {cfg['seed']!r}).")
-    _check(cfg.get("mixed_precision", "auto") in MIXED_PRECISION,
-           f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {cfg.get('mixed_precision')!r}).")
-    _check(isinstance(cfg.get("train_batch_size"), int) and cfg["train_batch_size"] >= 1,
-           f"train_batch_size must be a positive integer (got {cfg.get('train_batch_size')!r}).")
-    method = cfg["method"]
-    lr = method["learning_rate"]
-    _check(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
-           f"method.learning_rate must be a number > 0 (got {lr!r}).")
+    _check_model(cfg["model"])
 
-    ldet = cfg["ldet"]
-    for key in ("every", "batch_size", "accumulation"):
-        v = ldet.get(key)
-        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-               f"ldet.{key} must be a positive integer (got {v!r}).")
     logged = ldet.get("log", "watched")
-    _check(logged in ("watched", "always") or (isinstance(logged, int) and not isinstance(logged, bool) and logged >= 1
-                                                and logged % ldet["every"] == 0),
+    _check(logged in ("watched", "always") or (isinstance(logged, int) and not isinstance(logged, bool)
+                                                and 1 <= logged <= MAX_STEPS and logged % ldet["every"] == 0),
            f"ldet.log must be watched, always or a positive multiple of ldet.every={ldet['every']} (got {logged!r}).")
-    _check(isinstance(cfg.get("deterministic", False), bool),
-           f"deterministic must be true or false (got {cfg.get('deterministic')!r}).")
-    lo, hi = ldet["timestep_range"]
-    _check(0 <= lo < hi <= 1000, f"ldet.timestep_range must satisfy 0 <= lo < hi <= 1000 (got {[lo, hi]}).")
+    span = ldet["timestep_range"]
+    _check(isinstance(span, list) and len(span) == 2 and all(isinstance(t, int) and not isinstance(t, bool) for t in span)
+           and 0 <= span[0] < span[1] <= 1000,
+           f"ldet.timestep_range must be [lo, hi] with integers 0 <= lo < hi <= 1000 (got {span!r}).")
+    lo, hi = span
     _check(ldet["batch_size"] * ldet["accumulation"] <= hi - lo,
            f"ldet.batch_size x ldet.accumulation = {ldet['batch_size'] * ldet['accumulation']} distinct timesteps "
            f"do not fit in ldet.timestep_range {[lo, hi]}.")
@@ -250,18 +396,6 @@ def validate(cfg: dict) -> None:
     sampling = cfg["sampling"]
     if sampling["scheduler"] not in SCHEDULERS:
         raise unknown_name_error("sampling scheduler", sampling["scheduler"], SCHEDULERS, key="sampling.scheduler")
-    _check(sampling["steps"] >= 1 and sampling["n_train_prompts"] >= 1,
-           "sampling.steps and sampling.n_train_prompts must be >= 1.")
-    n_val = sampling.get("n_val_prompts")
-    _check(n_val is None or (isinstance(n_val, int) and not isinstance(n_val, bool) and n_val >= 1),
-           f"sampling.n_val_prompts must be null (all) or a positive integer (got {n_val!r}).")
-    _check(sampling.get("save_images") in ("none", "final", "all"),
-           f"sampling.save_images must be none, final or all (got {sampling.get('save_images')!r}).")
-    metrics = cfg["metrics"]
-    _check(metrics["pairing"] in ("all_pairs", "index"),
-           f"metrics.pairing must be all_pairs or index (got {metrics['pairing']!r}).")
-    _check(metrics["text_subject"] in ("remove", "class_noun"),
-           f"metrics.text_subject must be remove or class_noun (got {metrics['text_subject']!r}).")
 
 
 def results_root(cfg: dict) -> Path:

@@ -51,6 +51,7 @@ class MetricModels:
         import timm
 
         from benchmark.provenance import project_path
+        from benchmark.runs import write_text_atomic
 
         self.cfg, self.device = cfg, device
         clip_cfg, dino_cfg, lpips_cfg = cfg["clip"], cfg["dino"], cfg["lpips"]
@@ -59,7 +60,8 @@ class MetricModels:
         if clip_cfg.get("config"):
             folder = Path(cache_dir).expanduser() / "open_clip_configs"
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{clip_cfg['arch']}.json").write_text(json.dumps(clip_cfg["config"]))
+            # atomically: another worker's open_clip may be reading the folder right now
+            write_text_atomic(folder / f"{clip_cfg['arch']}.json", json.dumps(clip_cfg["config"]))
             open_clip.add_model_config(folder)
         clip_weights = clip_cfg.get("pretrained")
         if clip_weights and project_path(clip_weights).exists():

@@ -17,6 +17,7 @@ instead of failing. This module imports no torch: analysis reads the records thr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 import warnings
@@ -133,13 +134,26 @@ def write_part(root: Path, table: str, keys: dict, name: str, rows: list[dict]) 
             "first_step": str(min(steps)) if steps else "", "last_step": str(max(steps)) if steps else ""}
     data = pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows],
                                 schema=schema.with_metadata({**schema.metadata, **{k.encode(): v.encode() for k, v in meta.items()}}))
-    tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_file(folder / name) as f:
         pq.write_table(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / name)
     return folder / name
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A file opened for writing under a hidden temporary name beside `path` (`.<name>.<random>.tmp`),
+    fsynced and renamed into place: a reader sees the old file or the new one, never half of one, and
+    a killed write leaves only the temporary file, which the next launch removes. Every file the
+    harness writes (records, weights, snapshots) goes through here, so all get the same permissions."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failed write; after the rename there is nothing left
 
 
 def part_problem(path: Path) -> str | None:
@@ -157,8 +171,7 @@ def part_problem(path: Path) -> str | None:
 def run_problems(root: Path, keys: dict, run_id: str, iterations: int) -> list[str]:
     """What is wrong with a completed run's records: unreadable parts, or steps parts that do not
     cover steps 0..iterations one after another. Empty when the run is intact."""
-    problems = [p for table in ("steps", "evals") for f in run_parts(root, table, keys, run_id)
-                if (p := part_problem(f))]
+    problems = unreadable_parts(root, keys, run_id)
     expected = 0
     for f in run_parts(root, "steps", keys, run_id):
         first, last = part_range(f)
@@ -170,6 +183,11 @@ def run_problems(root: Path, keys: dict, run_id: str, iterations: int) -> list[s
     return problems
 
 
+def unreadable_parts(root: Path, keys: dict, run_id: str) -> list[str]:
+    """The problems of the run's steps and evals parts that cannot be trusted (part_problem)."""
+    return [p for table in ("steps", "evals") for f in run_parts(root, table, keys, run_id) if (p := part_problem(f))]
+
+
 def run_parts(root: Path, table: str, keys: dict, run_id: str) -> list[Path]:
     folder = partition_dir(root, table, keys)
     return sorted(folder.glob(f"{run_id}-*.parquet")) if folder.is_dir() else []
@@ -178,6 +196,48 @@ def run_parts(root: Path, table: str, keys: dict, run_id: str) -> list[Path]:
 def part_range(path: Path) -> tuple[int, int]:
     first, last = path.stem.rsplit("-", 2)[1:]
     return int(first), int(last)
+
+
+# Filesystems of the kernel's own state (/proc, /sys, ...): their permission bits do not say whether a
+# folder can be made there, and nothing belongs in them.
+PSEUDO_FILESYSTEMS = frozenset({"proc", "sysfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+                                "pstore", "bpf", "configfs", "efivarfs", "fusectl", "binfmt_misc", "mqueue",
+                                "hugetlbfs", "autofs"})
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding `path` (its deepest mount point in /proc/self/mounts); None
+    where the kernel does not list mounts there (not Linux)."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    path, best, kind = Path(path), -1, None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (point == path or point in path.parents) and len(point.parts) >= best:
+            best, kind = len(point.parts), fields[2]
+    return kind
+
+
+def writable(path: Path) -> bool:
+    """Whether a folder can be created or written at `path`, judged without writing anything: its
+    nearest existing parent is a folder, not on a read-only mount or a pseudo filesystem, and this
+    user may write it (root may write anywhere the mount allows)."""
+    path = Path(path).expanduser().absolute()
+    try:
+        while not path.exists():
+            path = path.parent
+        if not path.is_dir() or os.statvfs(path).f_flag & os.ST_RDONLY:
+            return False
+        if filesystem_type(path.resolve()) in PSEUDO_FILESYSTEMS:
+            return False
+    except OSError:  # a parent this user cannot search
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def plan_file(root: Path, experiment: str) -> Path:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark import records
-from benchmark.config import results_root, run_id, trajectory_id
+from benchmark.config import results_root, run_id
 from benchmark.errors import ConfigError
 from benchmark.provenance import git_state, hostname, slurm_job_id, versions
 
@@ -52,12 +52,13 @@ class RunPaths:
 
 
 class Busy(RuntimeError):
-    """Another process owns the trajectory (and so its runs); the message names it."""
+    """Another process owns one of the runs; the message names the run and its owner."""
 
 
 def lock_file(cfg: dict) -> Path:
-    """One lock per trajectory: every process that works on a run holds its trajectory's lock."""
-    return results_root(cfg) / "work" / str(cfg["experiment"]) / "locks" / f"{trajectory_id(cfg)}.lock"
+    """One lock per run: a process holds the lock of every run it works on, so jobs that split one
+    trajectory between them never refuse each other."""
+    return results_root(cfg) / "work" / str(cfg["experiment"]) / "locks" / f"{run_id(cfg)}.lock"
 
 
 def owner() -> dict:
@@ -70,11 +71,20 @@ def describe_owner(info: dict) -> str:
 
 
 @contextlib.contextmanager
-def owning(cfg: dict):
-    """Hold the trajectory's lock (fcntl.flock: released by the OS when the process dies, so a dead
-    owner never blocks, and a recycled PID never fools it). It works on local disks and NFS; on
-    Lustre only when mounted with `-o flock`. Raises Busy, naming the owner, when another process
-    holds it."""
+def owning(cfgs: list[dict]):
+    """Hold the locks of all these runs, or of none: raises Busy, naming the run another process
+    holds and its owner, after letting go of those taken. Taken in one order by every process."""
+    with contextlib.ExitStack() as locks:
+        for cfg in sorted(cfgs, key=run_id):
+            locks.enter_context(owning_run(cfg))
+        yield
+
+
+@contextlib.contextmanager
+def owning_run(cfg: dict):
+    """Hold the run's lock (fcntl.flock: released by the OS when the process dies, so a dead owner
+    never blocks, and a recycled PID never fools it). It works on local disks and NFS; on Lustre only
+    when mounted with `-o flock`. Raises Busy, naming the owner, when another process holds it."""
     path = lock_file(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
@@ -105,7 +115,7 @@ def owning(cfg: dict):
 
 
 def held(cfg: dict) -> dict | None:
-    """The owner of the run's trajectory if a live process holds its lock, else None. Reads only."""
+    """The owner of the run if a live process holds its lock, else None. Reads only."""
     path = lock_file(cfg)
     if not path.exists():
         return None
@@ -123,7 +133,10 @@ def held(cfg: dict) -> dict | None:
 
 def read_row(cfg: dict) -> dict | None:
     """The run's `runs` row, or None (also when the file is damaged: the run is then not done)."""
-    f = RunPaths(cfg).runs_file()
+    return read_runs_file(RunPaths(cfg).runs_file())
+
+
+def read_runs_file(f: Path) -> dict | None:
     if not f.exists() or records.part_problem(f):
         return None
     import pyarrow.parquet as pq
@@ -163,30 +176,38 @@ def set_aside(cfg: dict) -> Path | None:
 
 
 def clean_leftovers(cfg: dict, snapshots: Path) -> None:
-    """Temporary files of writes a killed process never finished (they are never read)."""
+    """Temporary files of writes that a killed owner of this run never finished (they are never
+    read): those named after the run in the folders it shares with other runs (whose writers may be at
+    work), and all of them in its own folders, weights included (also the safetensors library's own
+    `.tmpXXXXXX`, left by weights writes before they went through records.atomic_file)."""
     paths = RunPaths(cfg)
-    for folder in {records.partition_dir(paths.results, t, paths.keys) for t in records.TABLES} | {snapshots, paths.work}:
-        if folder.is_dir():
-            for tmp in folder.glob(".*.tmp*"):
+    shared = [(records.partition_dir(paths.results, t, paths.keys), f".{paths.rid}*.tmp") for t in records.TABLES]
+    shared.append((snapshots, f".step*.{paths.rid}.*.tmp"))
+    own = [(folder, pattern) for folder in (paths.work, paths.weights / "final", paths.weights / "best")
+           for pattern in (".*.tmp", ".tmp*")]
+    for folder, pattern in shared + own:
+        for tmp in folder.glob(pattern) if folder.is_dir() else []:
+            if tmp.is_dir():  # a method's own writer at work in a temporary folder (benchmark.methods)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
                 tmp.unlink(missing_ok=True)
 
 
 def writable(path: Path) -> bool:
-    """Whether `path` can be created or written, judged from its nearest existing parent (no writes)."""
-    path = Path(path).expanduser().absolute()
-    while not path.exists():
-        path = path.parent
-    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    """Whether `path` can be created or written, judged without writing (benchmark.records.writable)."""
+    return records.writable(path)
 
 
 def check_inputs(cfg: dict) -> None:
     """What can be wrong before anything is written: the concept's images and captions decode, the
-    results folder can be written."""
+    device exists, the results folder can be written."""
     from benchmark.concepts.images import load_concept_images, read_captions
     from benchmark.concepts.manifest import concept_folder
+    from benchmark.trajectory import pick_device
 
     folder = concept_folder(cfg["concept"], Path(cfg["paths"]["data"]))
     read_captions(folder, len(load_concept_images(folder)), with_subject=True)
+    pick_device(cfg)  # device=cuda where there is none: refused before the results folder and the lock
     root = results_root(cfg)
     try:  # the one real test of writability (permissions, read-only mounts, /proc): create and remove a file
         root.mkdir(parents=True, exist_ok=True)
@@ -197,13 +218,9 @@ def check_inputs(cfg: dict) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write, fsync, rename: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A reader sees the old file or the new one, never half of one (records.atomic_file)."""
+    with records.atomic_file(path) as f:
+        f.write(text.encode())
 
 
 def write_run_files(cfg: dict, paths: RunPaths) -> None:

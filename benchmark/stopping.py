@@ -69,7 +69,8 @@ class DVAR(Criterion):
     a strict `<`. A zero global variance gives NaN, which never stops.
 
     `stride` > 1 is the strided variant: values arrive every `stride` steps and the window is still
-    counted in *steps*, i.e. it holds ceil(window / stride) values.
+    counted in *steps*: it holds the values of its last `window` steps, ceil(window / stride) of them,
+    which must be two at least (a window longer than the stride).
     """
 
     name = "dvar"
@@ -88,7 +89,10 @@ class DVAR(Criterion):
         self.window = int(window)
         self.threshold = float(threshold)
         self.stride = int(stride)
-        self.window_values = max(2, math.ceil(self.window / self.stride))
+        self.window_values = math.ceil(self.window / self.stride)
+        if self.window_values < 2:
+            raise ConfigError(f"DVAR window {self.window} with L_det every {self.stride} steps holds one value; it "
+                              "needs two at least: set strategy.window above ldet.every.")
         self.history: list[float] = []
 
     def update(self, step: int, value: float) -> bool:

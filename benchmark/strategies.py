@@ -18,18 +18,41 @@ shared with the offline replay.
 
 from __future__ import annotations
 
-from benchmark.errors import ConfigError
+import math
+
+from benchmark.errors import ConfigError, integer, number
 from benchmark.registry import Registry
 from benchmark.stopping import DVAR, ClipS, Criterion, Never
 
 STRATEGIES: Registry[type["Strategy"]] = Registry("strategy", key="strategy")
 
+# Every step count (budgets, schedules, windows): far above any budget of the paper (6100 updates),
+# far below what a records column holds.
+MAX_STEPS = 10_000_000
 
-def _positive_int(cfg: dict, key: str) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"strategy.{key} must be a positive integer (got {value!r}).")
+
+def check_key(name: str, key: str, value):
+    """One strategy key's value, checked by its key (`name`: how the user sets it, e.g. strategy.window
+    or method.protocol.dvar.window). Keys without a range (name, label) pass as they are."""
+    if key in ("max_steps", "steps", "eval_every", "mean", "max"):  # mean, max: method.protocol.few_iters
+        return integer(name, value, 1, MAX_STEPS)
+    if key == "patience":
+        return integer(name, value, 0, MAX_STEPS)
+    if key == "window":
+        return integer(name, value, 2, MAX_STEPS, "the window counts steps and needs two values at least")
+    if key == "eps":
+        return number(name, value, 0, 1, note="the least train CLIP img gain that counts as an improvement")
+    if key == "threshold":
+        return number(name, value, 0, 1, open_lo=True, open_hi=True, note="the variance ratio alpha")
     return value
+
+
+def check_protocol(protocol: dict) -> None:
+    """method.protocol holds each strategy's paper values, which conf/strategy/ interpolates: the same
+    ranges, named by their own keys."""
+    for strategy, keys in protocol.items():
+        for key, value in (keys or {}).items():
+            check_key(f"method.protocol.{strategy}.{key}", key, value)
 
 
 class Strategy:
@@ -43,7 +66,11 @@ class Strategy:
     def __init__(self, cfg: dict, ldet_every: int = 1):
         self.cfg = cfg
         self.ldet_every = ldet_every
-        self.max_steps = _positive_int(cfg, self.budget_key)
+        for key, value in cfg.items():
+            check_key(f"strategy.{key}", key, value)
+        if self.budget_key not in cfg:
+            raise ConfigError(f"strategy {self.name} needs strategy.{self.budget_key}.")
+        self.max_steps = cfg[self.budget_key]
         self.criterion = self.make_criterion()  # validates the strategy's keys before any training
 
     def make_criterion(self) -> Criterion:
@@ -78,7 +105,7 @@ class Baseline(Strategy):
 
     def __init__(self, cfg, ldet_every=1):
         super().__init__(cfg, ldet_every)
-        self.eval_every = _positive_int(cfg, "eval_every")
+        self.eval_every = check_key("strategy.eval_every", "eval_every", cfg.get("eval_every"))
 
     @property
     def evaluates_in_loop(self) -> bool:
@@ -95,7 +122,7 @@ class ClipSStrategy(Strategy):
 
     def __init__(self, cfg, ldet_every=1):
         super().__init__(cfg, ldet_every)
-        self.eval_every = _positive_int(cfg, "eval_every")
+        self.eval_every = check_key("strategy.eval_every", "eval_every", cfg.get("eval_every"))
 
     def make_criterion(self):
         return ClipS(self.cfg["patience"], self.cfg["eps"])
@@ -136,7 +163,12 @@ class DVARStrategy(Strategy):
     needs_ldet = True
 
     def make_criterion(self):
-        return DVAR(self.cfg["window"], self.cfg["threshold"], stride=self.ldet_every)
+        window, every = self.cfg["window"], self.ldet_every
+        if math.ceil(window / every) < 2:
+            raise ConfigError(f"strategy.window={window} holds one L_det value at ldet.every={every} (the window counts "
+                              f"steps: it holds the values of its last {window} steps, one every {every}); DVAR needs "
+                              f"two at least: set strategy.window above {every} or lower ldet.every.")
+        return DVAR(window, self.cfg["threshold"], stride=every)
 
     def after_update(self, step, values):
         if values.get("l_det") is None:  # a step without an L_det evaluation (ldet.every > 1)

@@ -10,39 +10,32 @@ that stops is evaluated and saved with the weights of its own stop step while th
 A standalone run is a trajectory with one observer.
 
 Every `checkpoint_every` updates the loop flushes the runs' records and stores a snapshot: the
-training state, each active run's state and the trace of shared per-step values. A launch resumes
-from the latest snapshot it can; a Few-iters run whose budget is known only later (derived from
-CLIP-s) branches from the latest snapshot at or before its budget, its earlier rows taken from the
-trace. The records come out identical to an uninterrupted standalone run either way (tested).
+training state, each active run's state and the trace of shared per-step values (benchmark.snapshots:
+their files and lifetime). A launch resumes from the latest snapshot it can; a Few-iters run whose
+budget is known only later (derived from CLIP-s) branches from the latest snapshot at or before its
+budget, its earlier rows taken from the trace. The records come out identical to an uninterrupted
+standalone run either way (tested).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import sys
 import time
 import traceback
-from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from benchmark import records
 from benchmark.config import resolve, results_root, run_id, trajectory_id, validate
-from benchmark.errors import ConfigError
 from benchmark.observer import Observer
 from benchmark.runs import (RunPaths, check_inputs, clean_leftovers, close_log, completed_record, open_log, owning,
                             read_row, record_failure, set_aside, write_run_files)
+from benchmark.snapshots import Snapshots
 from benchmark.trajectory import Trajectory
 
 log = logging.getLogger("dvar")
-
-
-def trajectory_dir(cfg: dict) -> Path:
-    return results_root(cfg) / "work" / str(cfg["experiment"]) / "trajectories" / trajectory_id(cfg)
 
 
 def run(cfg, share_models: bool = False, force: bool = False) -> dict:
@@ -50,23 +43,30 @@ def run(cfg, share_models: bool = False, force: bool = False) -> dict:
     return run_trajectory([cfg], share_models=share_models, force=force)[0]
 
 
-def run_trajectory(cfgs: list, share_models: bool = False, force: bool = False, keep_snapshots: bool = False) -> list[dict]:
+def run_trajectory(cfgs: list, share_models: bool = False, force: bool = False,
+                   keep_snapshots: bool | None = None) -> list[dict]:
     """Run the runs of one trajectory together; returns their `runs` rows in order.
 
-    Bad input fails before anything is written. The process then owns the trajectory (a lock; a
-    second launch gets `Busy`, naming the owner) before it reads or moves any record. Completed,
-    intact runs are skipped; `force` moves their records aside to <results>/replaced/ and runs them
-    again, as does a completed run whose records are damaged. `keep_snapshots`: more runs will branch
-    from this trajectory later (derived Few-iters), so its snapshots stay after the pass."""
+    Bad input fails before anything is written. The process then owns the runs (a lock each; a
+    launch that meets one held elsewhere gets `Busy`, naming the run and its owner) before it reads
+    or moves any record. Completed, intact runs are skipped; `force` moves their records aside to
+    <results>/replaced/ and runs them again, as does a completed run whose records are damaged.
+    `keep_snapshots` is what the sweep knows of runs that will branch from this trajectory later
+    (derived Few-iters): True holds its snapshots for them, False releases them (they are done);
+    None, a launch by hand, leaves a hold as it is. The snapshots no run is left to resume or branch
+    from are removed at the end (benchmark.snapshots)."""
     cfgs = [resolve(c) for c in cfgs]
     for cfg in cfgs:
         validate(cfg)
     if len({trajectory_id(c) for c in cfgs}) != 1:
         raise ValueError("run_trajectory: the configs belong to different trajectories")
     check_inputs(cfgs[0])
-    with owning(cfgs[0]):
+    with owning(cfgs):
+        snapshots = Snapshots(cfgs[0])
+        if keep_snapshots:
+            snapshots.hold()
         for cfg in cfgs:
-            clean_leftovers(cfg, trajectory_dir(cfg) / "snapshots")
+            clean_leftovers(cfg, snapshots.folder)
         rows, observers = {}, []
         for cfg in cfgs:
             done = None if force else completed_record(cfg)
@@ -81,14 +81,18 @@ def run_trajectory(cfgs: list, share_models: bool = False, force: bool = False, 
         if observers:
             Session(observers, share_models).run()
             rows.update({o.rid: o.row for o in observers})
-        if not keep_snapshots:
-            shutil.rmtree(trajectory_dir(cfgs[0]), ignore_errors=True)
+        if keep_snapshots is False:
+            snapshots.release()
+        snapshots.prune()
     return [rows[run_id(c)] for c in cfgs]
 
 
 def damaged_parts(cfg: dict) -> bool:
+    """Whether a record file of the run is unreadable, its runs file included."""
     paths = RunPaths(cfg)
-    return any(records.part_problem(f) for t in ("steps", "evals") for f in paths.parts(t))
+    runs_file = paths.runs_file()
+    return bool(records.unreadable_parts(paths.results, paths.keys, paths.rid)
+                or (runs_file.exists() and records.part_problem(runs_file)))
 
 
 class Session:
@@ -99,17 +103,15 @@ class Session:
         self.observers = observers
         self.cfg = observers[0].cfg  # the training-relevant parts are the same for every observer
         self.trajectory = Trajectory(self.cfg, share_models)
-        self.snapshots = trajectory_dir(self.cfg) / "snapshots"
+        self.snapshots = Snapshots(self.cfg)
         self.logs = {}
 
     def run(self) -> None:
         setup_error = None
         try:
-            self.trajectory.setup()  # bad input (a ConfigError) fails here, before anything is written
-        except ConfigError:
-            raise
-        except Exception as err:  # a failed setup (a broken model, out of memory) is a failed run
-            setup_error = err
+            self.trajectory.setup()
+        except Exception as err:  # a failed setup (a broken model, out of memory) is a failed run; bad
+            setup_error = err     # input was refused before the lock (run_trajectory), nothing written
         for o in self.observers:
             write_run_files(o.cfg, o.paths)
             self.logs[o.rid] = open_log(o.paths)
@@ -138,7 +140,7 @@ class Session:
         from step 0); a run that decides nothing before its budget (Few-iters) rides along with a
         pass it can join, else branches from the latest snapshot at or before its budget. One pass
         per starting snapshot."""
-        metas = [load_snapshot(f) for f in sorted(self.snapshots.glob("step*.meta.pt"), reverse=True)]
+        metas = self.snapshots.metas()
         passes: dict[int, tuple[dict | None, list[Observer]]] = {}
         for o in self.observers:
             if not o.fixed_budget:
@@ -177,14 +179,14 @@ class Pass:
     def start(self) -> int:
         """Resume or branch from the pass's snapshot, or start at step 0; returns the step."""
         t = self.trajectory
-        if self.meta is None:
+        state = self.session.snapshots.load(self.meta) if self.meta else None
+        if state is None:
             t.reset()
             for o in self.observers:  # a fresh start: parts of an earlier, deleted attempt must not mix in
                 o.drop_parts()
             self.step(0, None)
             return 0
         step = self.meta["step"]
-        state = load_snapshot(self.session.snapshots / f"step{step:07d}.pt")
         t.reset()
         t.load_state(state["trajectory"])
         self.trace = list(self.meta["trace"])
@@ -224,7 +226,7 @@ class Pass:
             evaluation = self.step(step, {**values, "lr": lr, "train_s": time.perf_counter() - t0})
             bar.update(1)
             if step % log_every == 0 or not self.active():
-                bar.write(self.log_line(step, budget, loop_t0, start))
+                bar.write(self.log_line(step, budget, loop_t0, start), file=sys.stderr)  # stdout keeps the result
             self.finish_stopped(step, evaluation)
             if ckpt_every and step % ckpt_every == 0 and self.active():
                 self.save_snapshot(step)
@@ -277,17 +279,13 @@ class Pass:
 
     # ------------------------------------------------------------------------------- snapshots --
     def save_snapshot(self, step: int) -> None:
-        """Flush the active runs' records up to `step`, then store the state (atomically): the full
-        state first, then the small meta file that makes the snapshot count."""
+        """Flush the active runs' records up to `step`, then store the state (benchmark.snapshots)."""
         active = self.active()
         for o in active:
             o.flush()
-        folder = self.session.snapshots
-        folder.mkdir(parents=True, exist_ok=True)
         state = {"step": step, "trajectory": self.trajectory.state(), "observers": {o.rid: o.state() for o in active}}
-        save_atomic(state, folder / f"step{step:07d}.pt")
-        save_atomic({"step": step, "observers": sorted(state["observers"]), "trace": self.trace},
-                    folder / f"step{step:07d}.meta.pt")
+        self.session.snapshots.save(step, state, {"observers": sorted(state["observers"]), "trace": self.trace,
+                                                  "runs_files": {o.rid: o.paths.runs_file() for o in active}})
 
 
 def record_pass(cfg: dict, entry: dict) -> None:
@@ -297,21 +295,3 @@ def record_pass(cfg: dict, entry: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")
-
-
-def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_snapshot(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # snapshots are replaced atomically, so this means outside damage
-        raise ConfigError(f"{path}: unreadable snapshot ({err}). Delete {path.parent} to restart this "
-                          "trajectory from scratch.") from err
-

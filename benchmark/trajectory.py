@@ -41,7 +41,11 @@ def pick_device(cfg: dict) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={want} but CUDA is not available here; use device=cpu or device=auto.")
-    return torch.device(want)
+    device = torch.device(want)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={want} but this machine has {torch.cuda.device_count()} CUDA devices; use "
+                          "device=cuda or device=cuda:N below that.")
+    return device
 
 
 def precision(cfg: dict, device: torch.device) -> tuple[torch.dtype, torch.dtype | None]:

@@ -214,3 +214,55 @@ def test_strided_dvar_against_every_step(live):
     assert (rows.stop_strided % rows.every == 0).all(), "strided DVAR decides only at evaluated steps"
     summary = strided_summary(rows)
     assert summary.loc[summary.every == 1, "within_1pct"].iloc[0] == 1.0
+
+
+# --- runs left out -------------------------------------------------------------------------------
+def test_failed_and_damaged_runs_are_named_where_they_are_left_out(tmp_path):
+    """A run that failed (DreamBooth-LoRA on a layer that does not exist) and one whose runs file is
+    damaged: the warning, report.md, the tables and left_out.csv say which runs are missing and why."""
+    import warnings
+
+    import yaml
+
+    results, out = tmp_path / "results", tmp_path / "out"
+    exp = {"overrides": ["model=tiny", "metrics=tiny", "progress=false", "log_every=1000", "train_batch_size=1",
+                         "ldet.batch_size=4", "sampling.steps=2", "sampling.n_train_prompts=2",
+                         "sampling.save_images=none", "method.max_train_steps=6", "method.protocol.baseline.eval_every=3",
+                         "method.protocol.dvar.window=3", "method.protocol.dvar.threshold=0.9"],
+           "grid": {"method": ["textual_inversion", "dreambooth_lora"], "strategy": ["baseline", "dvar"],
+                    "concept": ["sample_duck_toy"], "seed": [59]},
+           "per_method": {"dreambooth_lora": ["method.lora.target_modules=[no_such_layer]"]}}
+    path = tmp_path / "leftout.yaml"
+    path.write_text("# python -m benchmark.sweep experiment=<this file>\n" + yaml.safe_dump(exp))
+    assert sweep([f"experiment={path}", f"paths.results={results}"]) == 1
+    runs = records.read(results, "runs")
+    failed = runs[runs.status == "failed"]
+    assert sorted(failed.strategy) == ["baseline", "dvar"]
+    damaged = next(f for f in (results / "runs").rglob("*.parquet") if "textual_inversion" in str(f)
+                   and "strategy=baseline" in str(f))
+    damaged.write_bytes(damaged.read_bytes()[:40])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = completed_runs(results, "leftout")
+    assert list(kept.strategy) == ["dvar"]
+    said = "\n".join(str(w.message) for w in caught)
+    assert "2 runs failed and are left out" in said and "no_such_layer" in said
+    assert "1 runs are damaged and are left out" in said and str(damaged) in said
+
+    proc = subprocess.run([sys.executable, "-m", "analysis", "report", "experiment=leftout", f"results={results}",
+                           f"out={out}"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    report = (out / "report.md").read_text()
+    assert "## Runs left out" in report
+    for rid in failed.run_id:
+        assert re.search(rf"failed.*`{rid}`.*no_such_layer", report), rid
+    assert re.search(rf"damaged.*`{damaged.stem}`.*unreadable", report)
+    for table in ("table1.md", "table3.md"):
+        note = (out / table).read_text()
+        assert "left out: 2 failed runs (DreamBooth-LoRA / Baseline, DreamBooth-LoRA / DVAR), 1 damaged run " \
+               "(Textual Inversion / Baseline)" in note, note
+    assert "left out: 2 failed runs" in (out / "table1.tex").read_text()
+    listed = pd.read_csv(out / "left_out.csv")
+    assert sorted(zip(listed.reason, listed.run_id)) == sorted(
+        [("damaged", damaged.stem), *(("failed", rid) for rid in failed.run_id)])

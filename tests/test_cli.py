@@ -92,6 +92,16 @@ def test_run_help_reads_its_comments_from_conf():
     assert "ldet.fixed.SOURCE=true" in out and "images|captions|latents|noise|timesteps" in out
 
 
+def test_progress_lines_go_to_stderr_and_the_result_to_stdout(tmp_path):
+    from tests.helpers import TINY
+
+    proc = cli("benchmark.run", *TINY, "log_every=2", "strategy=few_iters", "strategy.steps=4",
+               f"paths.results={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("run ") and len(proc.stdout.splitlines()) == 1, proc.stdout
+    assert "step 2/4 loss" in proc.stderr and "step 4/4 loss" in proc.stderr
+
+
 def test_run_prints_the_composed_config():
     proc = cli("benchmark.run", "strategy=few_iters", "strategy.steps=7", "--cfg", "job")
     assert proc.returncode == 0, proc.stderr

@@ -88,6 +88,6 @@ def test_unknown_group_option_fails_with_the_choices():
 def test_bad_value_on_the_command_line_is_one_clear_line(tmp_path):
     proc = run_cli("strategy=dvar", "strategy.window=1", f"paths.results={tmp_path}")
     assert proc.returncode == 2
-    assert "error: DVAR window must be an integer > 1" in proc.stderr
+    assert "error: strategy.window must be an integer from 2 to" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()

@@ -136,7 +136,7 @@ def test_preflight_lists_every_failure_at_once(filled_caches, tmp_path):
     assert proc.returncode == 2
     err = proc.stderr
     assert "the sweep cannot start: 4 problems, nothing was submitted" in err
-    assert "method.learning_rate must be a number > 0 (got -1)" in err
+    assert "method.learning_rate must be a number in (0, 1] (got -1)" in err
     assert "cat/01.jpg: not an image file" in err
     assert "1 weight files are not in the cache" in err and "alexnet-owt-7be5be79.pth" in err
     assert f"paths.results={blocker / 'results'}: not writable" in err

@@ -77,6 +77,25 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
         assert not list((base / "killed").glob("work/*/trajectories/*")), "the snapshots are removed once done"
 
 
+def test_a_relaunch_removes_the_leftovers_of_a_killed_weights_write(tmp_path):
+    """A SIGKILL while weights are written leaves a temporary file in the run's weights folder: the
+    safetensors library's own empty `.tmpXXXXXX` (how weights were written before) or the writer's
+    `.<file>.<random>.tmp`. The relaunch removes both and writes the weights."""
+    results = tmp_path / "killed"
+    cmd = command(results, "textual_inversion", "dvar", ["strategy.max_steps=40", "strategy.window=12",
+                                                          "strategy.threshold=0.3"])
+    kill_after_a_checkpoint(cmd, results, 3)
+    folder = next(results.glob("work/default/*/config.json")).parent
+    leftovers = [folder / "weights" / "final" / ".tmpQx3Zk1",
+                 folder / "weights" / "best" / ".learned_embeds.safetensors.5f0c2e9a.tmp"]
+    for f in leftovers:  # what the killed write left
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch()
+    subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True)
+    assert not [f for f in leftovers if f.exists()]
+    assert (folder / "weights" / "final" / "learned_embeds.safetensors").stat().st_size > 0
+
+
 def test_a_killed_shared_trajectory_resumes_to_the_records_of_standalone_runs(tmp_path):
     """Baseline, CLIP-s and DVAR of one concept trained as one trajectory by a sweep, SIGKILLed after a
     snapshot, launched again: every run's records equal its uninterrupted standalone run's."""

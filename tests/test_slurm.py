@@ -162,3 +162,55 @@ def test_a_cancelled_clip_s_run_resubmitted_while_few_iters_wait(tmp_path, capsy
     assert len(runs) == 6 and (runs.status == "completed").all()
     clip = runs[runs.strategy == "clip_s"].iterations
     assert (runs[runs.strategy == "few_iters_max"].iterations == clip.max()).all()
+
+
+def test_a_broken_model_is_refused_before_anything_is_submitted(tmp_path, capsys):
+    from tests.test_preflight import pointing_at, toy_copy
+
+    weights = toy_copy(tmp_path)
+    (weights / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    results = tmp_path / "results"
+    assert sweep([*pointing_at(weights, results), *LAUNCHER]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights / 'pipeline' / 'unet' / 'diffusion_pytorch_model.safetensors'}: missing" in err
+    assert "nothing was submitted" in err
+    assert not (results / "work").exists() and not (results / "slurm").exists(), "no job array went out"
+
+
+def test_a_task_that_ended_without_a_record_is_failed_and_names_its_log(tmp_path, capsys):
+    """A task that never wrote a runs row (its setup line fails here, as a missing module would; out
+    of memory and time limits end the same way) is failed, not pending, and status names its log."""
+    results = tmp_path / "results"
+    exp = {"overrides": [*TINY, "method.max_train_steps=4", "method.protocol.dvar.window=3",
+                         "method.protocol.dvar.threshold=0.9"],
+           "grid": {"method": ["textual_inversion"], "strategy": ["dvar"], "concept": ["sample_duck_toy"], "seed": [59]}}
+    path = tmp_path / "nodeless.yaml"
+    path.write_text("# python -m benchmark.sweep experiment=<this file> launcher=slurm\n" + yaml.safe_dump(exp))
+    args = [f"experiment={path}", f"paths.results={results}", *LAUNCHER]
+    assert sweep([*args, "launcher.setup=[exit 1]", "--wait"]) == 1, "the sweep says the experiment failed"
+    assert not (results / "runs").exists(), "the task wrote no record"
+    capsys.readouterr()
+    assert sweep(["status", *args]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs - 1 failed" in out, out
+    job = json.loads((results / "work" / "nodeless" / "submitted.json").read_text())[
+        "textual_inversion/dvar/sample_duck_toy/seed59"]
+    log = results / "slurm" / "nodeless" / job / f"{job}_0_log.err"
+    assert f"slurm log: {log} (job {job})" in out and log.exists()
+
+
+def test_array_tasks_that_split_a_trajectory_run_side_by_side(tmp_path):
+    """runs_per_job splits a trajectory into array tasks that Slurm runs at once: each holds the locks
+    of its own runs, so neither refuses the other and the array ends with every run done."""
+    results = tmp_path / "results"
+    exp = {"overrides": [*TINY, "method.max_train_steps=8", "checkpoint_every=2", "method.protocol.clip_s.eval_every=2",
+                         "method.protocol.clip_s.patience=0", "method.protocol.clip_s.eps=0.5",
+                         "method.protocol.dvar.window=3", "method.protocol.dvar.threshold=0.9"],
+           "grid": {"method": ["textual_inversion"], "strategy": ["clip_s", "dvar"], "concept": ["sample_duck_toy"],
+                    "seed": [59]}, "runs_per_job": 1}
+    path = tmp_path / "split.yaml"
+    path.write_text("# python -m benchmark.sweep experiment=<this file> launcher=slurm\n" + yaml.safe_dump(exp))
+    assert sweep([f"experiment={path}", f"paths.results={results}", *LAUNCHER, "--wait"]) == 0
+    runs = records.read(results, "runs")
+    assert len(runs) == 2 and (runs.status == "completed").all() and runs.slurm_job_id.nunique() == 2
+    assert not list(results.glob("work/*/trajectories/*/snapshots/*")), "each task removed what it may remove"

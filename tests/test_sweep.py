@@ -51,15 +51,39 @@ def test_local_sweep_phases_skip_and_rerun(tmp_path, capsys):
     assert "0 runs to do" in capsys.readouterr().out
     assert stamps(results) == before, "a finished experiment submits nothing"
 
-    victim = runs[runs.strategy == "dvar"].iloc[0]
+    victim, partly = runs[runs.strategy == "dvar"].run_id
     for table in ("runs", "steps", "evals"):
-        for f in (results / table).rglob(f"{victim.run_id}*.parquet"):
+        for f in (results / table).rglob(f"{victim}*.parquet"):
             f.unlink()
+    sorted((results / "steps").rglob(f"{partly}*.parquet"))[-1].unlink()  # a run whose steps were deleted in part
     assert sweep(args) == 0
     after = stamps(results)
     rerun = [p for p in after if after[p] != before.get(p)]
-    assert [p.stem for p in rerun] == [victim.run_id], "only the deleted run ran again"
+    assert sorted(p.stem for p in rerun) == sorted([victim, partly]), "only the deleted runs ran again"
     assert len(records.read(results, "runs")) == 8
+    assert list((results / "replaced").rglob(f"{partly}.parquet")), "the rest of its records was moved aside"
+
+
+def test_rerun_of_a_damaged_clip_s_runs_file(tmp_path, capsys):
+    """--rerun-failed repairs a CLIP-s run whose runs file is damaged: the damaged file is moved aside
+    like any damaged record, the run's Few-iters keep the steps they derived, and the snapshots kept
+    for them while they were waiting are removed once no run is left to branch."""
+    results = tmp_path / "results"
+    args = [f"experiment={experiment(tmp_path, overrides=[*OVERRIDES, 'checkpoint_every=2'])}",
+            f"paths.results={results}"]
+    assert sweep(args) == 0
+    snapshots = results / "work" / "mini" / "trajectories"
+    assert not list(snapshots.rglob("*.pt")), "the sweep removed its snapshots"
+    runs = records.read(results, "runs")
+    damaged = next((results / "runs").rglob(f"{runs[runs.strategy == 'clip_s'].run_id.iloc[0]}.parquet"))
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    assert sweep([*args, "--rerun-failed"]) == 0
+    assert list((results / "replaced").rglob(damaged.name)), "the damaged runs file was moved aside"
+    assert not list(snapshots.rglob("*.pt")), "no snapshot stays once no run is left to branch"
+    capsys.readouterr()
+    sweep(["status", *args])
+    assert "8 done" in capsys.readouterr().out
+    assert records.read(results, "runs").run_id.nunique() == 8, "the Few-iters kept their run ids"
 
 
 def test_failed_runs_are_listed_and_rerun_on_demand(tmp_path, capsys):

@@ -11,7 +11,8 @@ import pytest
 
 from benchmark import records
 from benchmark.config import trajectory_id
-from benchmark.train import run, run_trajectory, trajectory_dir
+from benchmark.snapshots import trajectory_dir
+from benchmark.train import run, run_trajectory
 from tests.helpers import METHOD_NAMES, tiny_run_config, without_timing
 
 pytestmark = pytest.mark.slow
@@ -65,12 +66,29 @@ def test_few_iters_branch_later_from_a_stored_state(tmp_path):
     cfgs = configs("textual_inversion", shared)
     first = [c for c in cfgs if not c["strategy"]["name"].startswith("few_iters")]
     run_trajectory(first, share_models=True, keep_snapshots=True)
-    snapshots = sorted(p.name for p in (trajectory_dir(cfgs[0]) / "snapshots").glob("*.meta.pt"))
-    assert snapshots == [f"step{s:07d}.meta.pt" for s in (2, 4, 6)]
+    snapshots = sorted(p.name.split(".")[0] for p in (trajectory_dir(cfgs[0]) / "snapshots").glob("*.meta.pt"))
+    assert snapshots == [f"step{s:07d}" for s in (2, 4, 6)]
     run_trajectory([c for c in cfgs if c not in first], share_models=True)
     assert_same_records(standalone, shared)
     passes = [json.loads(line) for line in (shared / "work" / "default" / "passes.jsonl").read_text().splitlines()]
     assert [(p["start"], p["end"]) for p in passes[1:]] == [(2, 3), (6, 7)], "each branch from its own snapshot"
+
+
+def test_a_run_by_hand_between_the_phases_leaves_the_snapshots_to_the_branches(tmp_path):
+    """The sweep's first phase keeps its snapshots for the derived Few-iters; a run of the same
+    trajectory launched by hand before the second phase must not take them away, and the second
+    phase removes them once its branches are done."""
+    results = tmp_path / "results"
+    cfgs = configs("textual_inversion", results)
+    first = [c for c in cfgs if not c["strategy"]["name"].startswith("few_iters")]
+    run_trajectory(first, share_models=True, keep_snapshots=True)
+    run(tiny_run_config("textual_inversion", "dvar", results, "checkpoint_every=2", "strategy.max_steps=8",
+                        "strategy.window=4", "strategy.threshold=0.9"), share_models=True)
+    run_trajectory([c for c in cfgs if c["strategy"]["name"].startswith("few_iters")], share_models=True,
+                   keep_snapshots=False)
+    passes = [json.loads(line) for line in (results / "work" / "default" / "passes.jsonl").read_text().splitlines()]
+    assert [(p["start"], p["end"]) for p in passes[2:]] == [(2, 3), (6, 7)], "the branches found their snapshots"
+    assert not trajectory_dir(cfgs[0]).exists(), "and removed them once no run was left to branch"
 
 
 def test_l_det_variants_of_an_ablation_observe_one_trajectory(tmp_path):

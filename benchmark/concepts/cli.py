@@ -125,10 +125,21 @@ def arguments(argv: list[str] | None) -> argparse.Namespace | None:
         raise UsageError(f"source={source}: choose one of {', '.join(allowed)}." + did_you_mean(source, allowed))
     if p.command == "show" and len(p.words) != 1:
         raise UsageError(f"name one concept: {PROG} show NAME (e.g. show cat1)")
+    data = Path(p.get("data", DEFAULT_DATA)).expanduser()
+    mirror = Path(p["from"]).expanduser() if p.get("from") else None
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"data={data}: a file, not a folder; give the data root that holds the <concept>/ folders.")
+    if p.command == "fetch":
+        from benchmark.records import writable
+
+        if not writable(data):
+            raise ConfigError(f"data={data}: cannot be written by this user (or lies on a read-only or system "
+                              "filesystem); give data=DIR where you can write (it is created if missing).")
+    if mirror is not None and not mirror.is_dir():
+        raise ConfigError(f"from={mirror}: no such folder; give a local mirror: DIR/<folder>/ or DIR/data.zip.")
     return argparse.Namespace(
         command=p.command, fn=COMMANDS[p.command], names=p.words, name=p.words[0] if p.words else None,
-        data=Path(p.get("data", DEFAULT_DATA)).expanduser(), source=source, quiet="quiet" in p.switches,
-        **{"from": Path(p["from"]).expanduser() if p.get("from") else None})
+        data=data, source=source, quiet="quiet" in p.switches, **{"from": mirror})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from benchmark.errors import ConfigError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+CAPTIONS = "captions.txt"  # optional: one caption per image (read_captions)
 MIN_SIDE = 32  # smaller images cannot be meaningfully resized to the training resolution
 
 
@@ -94,13 +95,20 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def images_digest(folder: Path) -> str:
-    """One hash of the concept's image files (names and bytes): part of what identifies a run, so
-    new or changed images make a new run instead of one skipped as done."""
+def input_files(folder: Path) -> list[Path]:
+    """The files of a concept folder a run reads: its images and, when there, its captions."""
+    captions = Path(folder) / CAPTIONS
+    return image_files(folder) + ([captions] if captions.is_file() else [])
+
+
+def concept_digest(folder: Path) -> str:
+    """One hash of the files a run reads from its concept folder (names and bytes): part of what
+    identifies a run, so new or changed images or captions make a new run instead of one skipped as
+    done. A folder without captions hashes as its images alone did before captions counted."""
     import hashlib
 
     h = hashlib.sha256()
-    for p in image_files(folder):
+    for p in input_files(folder):
         h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
     return h.hexdigest()[:16]
 
@@ -108,7 +116,7 @@ def images_digest(folder: Path) -> str:
 def read_captions(folder: Path, n_images: int, with_subject: bool = False) -> list[str] | None:
     """The lines of `folder/captions.txt`, one per image in sorted file order, or None without the
     file. `with_subject`: each line is a template with "{}" where the concept goes."""
-    f = Path(folder) / "captions.txt"
+    f = Path(folder) / CAPTIONS
     if not f.exists():
         return None
     lines = [line.strip() for line in f.read_text().splitlines() if line.strip()]

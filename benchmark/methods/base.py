@@ -7,13 +7,15 @@ state is ever allocated for the 49,408-row table.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from benchmark.errors import ConfigError
+from benchmark.records import atomic_file
 from benchmark.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method", key="method")
@@ -140,8 +142,7 @@ class Method:
         `metadata(provenance)`."""
         folder.mkdir(parents=True, exist_ok=True)
         meta = self.metadata(provenance)
-        save_file({self.placeholder: self.tokens.rows.detach().float().cpu().contiguous()},
-                  str(folder / TOKEN_FILE), metadata=meta)
+        save_weights(folder / TOKEN_FILE, {self.placeholder: self.tokens.rows.detach().float().cpu().contiguous()}, meta)
         self.save_extra(folder, meta)
 
     def save_extra(self, folder: Path, metadata: dict[str, str]) -> None:
@@ -157,3 +158,22 @@ class Method:
     @classmethod
     def apply_extra(cls, pipe, folder: Path) -> None:
         pass
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written like the records (records.atomic_file: the library's own writer
+    leaves a file only its owner can read, and an empty `.tmpXXXXXX` when killed), the same bytes
+    from the same weights: the library writes its JSON header in an order of its own choosing."""
+    from safetensors.torch import save
+
+    with atomic_file(path) as f:
+        f.write(sorted_header(save(tensors, metadata=metadata)))
+
+
+def sorted_header(blob: bytes) -> bytes:
+    """The same safetensors file with the keys of its JSON header sorted; the tensors' offsets do not
+    change, and the header stays padded with spaces to a multiple of 8 bytes, as the format asks."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + blob[8 + size:]

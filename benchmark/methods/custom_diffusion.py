@@ -12,9 +12,9 @@ them too). README, "Using the trained weights", has the few plain-diffusers line
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from benchmark.methods.base import METHODS, Method
+from benchmark.methods.base import METHODS, Method, save_weights
 
 CD_FILE = "pytorch_custom_diffusion_weights.safetensors"
 
@@ -88,7 +88,7 @@ class CustomDiffusion(Method):
 
     def save_extra(self, folder: Path, metadata: dict[str, str]) -> None:
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.trainables.items() if k != "token"}
-        save_file(state, str(folder / CD_FILE), metadata=metadata)
+        save_weights(folder / CD_FILE, state, metadata)
 
     @classmethod
     def apply_extra(cls, pipe, folder: Path) -> None:

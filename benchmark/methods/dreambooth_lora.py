@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.methods.base import METHODS, Method
+from benchmark.methods.base import METHODS, Method, save_weights
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -35,23 +35,28 @@ class DreamBoothLoRA(Method):
         """diffusers' LoRA file, with the adapter config (rank, alpha, targets) that `load_lora_weights`
         reads back, then our metadata added beside diffusers' own keys. diffusers 0.42 has no place
         for the token in a Stable Diffusion LoRA file (its pivotal-tuning scripts also write the
-        embedding to a file of its own), so the token stays in learned_embeds.safetensors."""
+        embedding to a file of its own), so the token stays in learned_embeds.safetensors. diffusers
+        writes into a temporary folder; the file is then written like every other (save_weights)."""
+        import tempfile
+
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
         from safetensors import safe_open
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         unet = self.backbone.unet
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
-        StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                                  safe_serialization=True,
-                                                  unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
-        path = str(folder / LORA_FILE)
-        with safe_open(path, "pt") as f:
-            own = f.metadata() or {}
-        save_file(load_file(path), path, metadata={**own, **metadata})
+        # A set (target_modules) is listed in an order that changes from one process to the next.
+        adapter = {k: sorted(v) if isinstance(v, set) else v for k, v in unet.peft_config["default"].to_dict().items()}
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".", suffix=".tmp") as tmp:
+            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, weight_name=LORA_FILE,
+                                                      safe_serialization=True, unet_lora_adapter_metadata=adapter)
+            with safe_open(Path(tmp) / LORA_FILE, "pt") as f:
+                own = f.metadata() or {}
+            tensors = load_file(Path(tmp) / LORA_FILE)
+        save_weights(folder / LORA_FILE, tensors, {**own, **metadata})
 
     @classmethod
     def apply_extra(cls, pipe, folder: Path) -> None:

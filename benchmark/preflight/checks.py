@@ -53,23 +53,26 @@ def concepts(jobs, data: Path) -> list[str]:
 def weights_present(files, overrides: list[str]) -> list[str]:
     from benchmark.weights.fetch import missing_listing
 
-    missing = [f for f in files if f.cached() is None]
+    missing = [f for f in files if not f.local and f.cached() is None]  # local files: the load check names them
     if not missing:
         return []
     return [f"{len(missing)} weight files are not in the cache; fetch them once on a machine with network: "
             f"`python -m benchmark.weights fetch {' '.join(overrides)}`\n{missing_listing(missing)}"]
 
 
-def weights_load(overrides: list[str]) -> list[str]:
-    """Load every model the runs use, in a fresh process with the network off (HF_HUB_OFFLINE=1), as
-    a compute node without internet would."""
+def weights_load(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Load every model the runs use (base model and metric models, whatever their source), in one
+    fresh process with the network off (HF_HUB_OFFLINE=1), as a compute node without internet would.
+    Returns (problems, one line per broken file; models it left alone, e.g. not built yet)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "benchmark.weights", "check", *overrides], env=env,
                           capture_output=True, text=True)
+    skipped = [ln.removeprefix("skip").strip() for ln in proc.stdout.splitlines() if ln.startswith("skip")]
     if proc.returncode == 0:
-        return []
+        return [], skipped
     lines = [ln.removeprefix("error: ") for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    return [f"with the network off, {ln}" for ln in lines] or [f"the offline weight check failed:\n{proc.stderr[-2000:]}"]
+    return ([f"with the network off, {ln}" for ln in lines]
+            or [f"the offline weight check failed:\n{proc.stderr[-2000:]}"]), skipped
 
 
 def class_images(cfgs: list[dict]) -> tuple[list[str], int]:

@@ -22,9 +22,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, read_yaml
 
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "analysis" / "paper_tables.csv"
 PAPER_NAMES = {"textual_inversion": "Textual Inversion", "dreambooth_lora": "DreamBooth-LoRA",
@@ -69,14 +67,14 @@ def load_profile(path: Path) -> Profile:
     if not path.is_file():
         raise ConfigError(f"timing profile {path} does not exist; record one on the target GPU with "
                           f"`python -m benchmark.bench model=sd15 metrics=real --record {path}`.")
+    raw = read_yaml(path, "a timing profile") or {}
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
         methods = {m: {k: float(v[k]) for k in METHOD_KEYS} for m, v in raw["methods"].items()}
         if not methods:
             raise ValueError("no methods")
         return Profile(path, str(raw["gpu"]), list(raw["models"]), float(raw["setup_s"]),
                        float(raw["class_image_s"]), methods, str(raw.get("source", "")))
-    except (KeyError, TypeError, ValueError, AttributeError, yaml.YAMLError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"{path}: not a timing profile ({type(err).__name__}: {err}); it needs gpu, models, "
                           f"setup_s, class_image_s and methods.<method>.{{{', '.join(METHOD_KEYS)}}}.") from err
 

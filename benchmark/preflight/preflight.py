@@ -83,17 +83,18 @@ def run_preflight(jobs, env: dict, overrides: list[str], runs_per_job: int | Non
 
     pf = Preflight()
     cfgs = [c for _, c, _ in job_configs(jobs)]
-    _check(pf, f"{len(jobs)} run configs validate", checks.configs(jobs))
+    bad_configs = checks.configs(jobs)
+    _check(pf, f"{len(jobs)} run configs validate", bad_configs)
     concepts = sorted({j.concept for j in jobs})
     _check(pf, f"{len(concepts)} concepts: every image decodes", checks.concepts(jobs, env["data"]))
     files = required(cfgs)
-    present = checks.weights_present(files, overrides)
-    fetchable = [f for f in files if f.repo or f.url]
-    if not present and load_weights and fetchable:
-        present = checks.weights_load(overrides)
-    label = f"{len(files)} weight files in the cache" + (", every model loads with the network off"
-                                                          if fetchable and load_weights else "")
-    _check(pf, label if files else "no pretrained weights (models built from config)", present)
+    missing = checks.weights_present(files, overrides)
+    loads, skipped = [], []
+    if not missing and load_weights and not bad_configs:  # every model, whatever its source: one fresh process
+        # (it validates the configs first: a bad one would only be listed twice)
+        loads, skipped = checks.weights_load(overrides)
+    _check(pf, weights_label(sum(not f.local for f in files), load_weights and not missing and not bad_configs, skipped),
+           missing + loads)
     problems, missing_images = checks.class_images(cfgs)
     _check(pf, "class images: " + (f"{missing_images} to generate" if missing_images else "cached or none needed"),
            problems)
@@ -112,6 +113,15 @@ def run_preflight(jobs, env: dict, overrides: list[str], runs_per_job: int | Non
         _check(pf, f"Slurm partition {launcher.get('partition') or '(default)'} can hold the jobs",
                checks.slurm_profile(launcher, pf.time_limit_min))
     return pf
+
+
+def weights_label(cached: int, loaded: bool, skipped: list[str]) -> str:
+    """What the weight check covered, in the listing's words: files in the libraries' caches, models
+    loaded offline, models left alone (a model built from config that is not built yet)."""
+    parts = [f"{cached} weight files in the cache"] if cached else []
+    if loaded:
+        parts.append("every model loads with the network off" + (f", except {'; '.join(skipped)}" if skipped else ""))
+    return ", ".join(parts) or "no weight files to fetch (models built from config)"
 
 
 def paper_minutes(paper: dict, method: str, strategy: str, cap: int) -> float | None:

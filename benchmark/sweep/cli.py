@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -14,10 +15,12 @@ import yaml
 
 from benchmark.cli_args import Spec, UsageError, as_list, as_number, fail
 from benchmark.cli_args import parse as parse_args
-from benchmark.errors import ConfigError
+from benchmark.config import CONF_DIR
+from benchmark.errors import ConfigError, boolean, integer, number, read_yaml
+from benchmark.registry import did_you_mean
 from benchmark.sweep.plan import (GRID_KEYS, Composer, Job, available_experiments, expand, load_experiment,
                                   read_submissions, record_derivation, record_submissions, resolve_derived,
-                                  statuses, trajectories, waiting_trajectories, write_plan)
+                                  settled_trajectories, statuses, trajectories, waiting_trajectories, write_plan)
 
 log = logging.getLogger("dvar")
 STATES = ("done", "damaged", "failed", "cancelled", "running", "requeued", "queued", "pending", "waiting")
@@ -117,11 +120,75 @@ def plan(args) -> tuple[dict, list[Job], dict, Composer]:
     any_cfg = next((j.cfg for j in jobs if j.cfg), None) or composer(jobs[0].overrides, jobs[0].concept, jobs[0].seed)
     launcher = dict(any_cfg["launcher"])
     if args.profile:
-        if not args.profile.is_file():
-            raise ConfigError(f"profile={args.profile}: no such file (e.g. profile=slurm/a100.yaml).")
-        launcher.update(yaml.safe_load(args.profile.read_text()) or {})
-    return exp, jobs, {"launcher": launcher, "results": Path(any_cfg["paths"]["results"]).expanduser(),
+        launcher.update(read_profile(args.profile))
+    check_launcher(launcher)
+    if launcher.get("timing") and args.command != "status":  # a file the launcher names, read by the preflight
+        from benchmark.preflight.estimate import load_profile
+        from benchmark.provenance import project_path
+
+        load_profile(project_path(launcher["timing"]))
+    results = Path(any_cfg["paths"]["results"]).expanduser()
+    check_results(results)
+    return exp, jobs, {"launcher": launcher, "results": results,
                        "data": Path(any_cfg["paths"]["data"]).expanduser()}, composer
+
+
+def read_profile(path: Path) -> dict:
+    """A launcher profile: launcher keys merged over conf/launcher/<launcher>.yaml."""
+    if not path.is_file():
+        raise ConfigError(f"profile={path}: no such file (e.g. profile=slurm/a100.yaml).")
+    profile = read_yaml(path, "a launcher profile")
+    if profile is None:
+        return {}
+    if not isinstance(profile, dict):
+        raise ConfigError(f"profile={path}: holds a {type(profile).__name__}, not launcher keys (key: value lines, "
+                          "as in slurm/a100.yaml).")
+    known = {k for f in (CONF_DIR / "launcher").glob("*.yaml") for k in (yaml.safe_load(f.read_text()) or {})}
+    unknown = sorted(set(profile) - known)
+    if unknown:
+        raise ConfigError(f"profile={path}: unknown launcher keys {', '.join(map(str, unknown))}."
+                          + did_you_mean(str(unknown[0]), sorted(known)) + " The keys are those of conf/launcher/*.yaml.")
+    return profile
+
+
+def _optional(check):
+    return lambda key, value: None if value is None else check(key, value)
+
+
+# The launcher keys this module and benchmark.sweep.slurm read, with their types and ranges (the
+# others are names, paths and free-form Slurm options passed on as they are).
+LAUNCHER_KEYS = {
+    "workers": lambda k, v: integer(k, v, 1, 256, "local runs in parallel processes"),
+    "share_trajectories": boolean,
+    "gpus_per_node": _optional(lambda k, v: integer(k, v, 0, 64)),
+    "cpus_per_task": _optional(lambda k, v: integer(k, v, 1, 1024)),
+    "mem_gb": _optional(lambda k, v: number(k, v, 0, 1_000_000, open_lo=True)),
+    "timeout_min": lambda k, v: None if v in (None, "auto") else integer(k, v, 1, 525_600, "minutes, or auto"),
+    "array_parallelism": lambda k, v: integer(k, v, 1, 100_000),
+    "signal_delay_s": lambda k, v: integer(k, v, 0, 86_400),
+    "max_num_timeout": lambda k, v: integer(k, v, 0, 1000),
+}
+
+
+def check_launcher(launcher: dict) -> None:
+    for key, check in LAUNCHER_KEYS.items():
+        if key in launcher:
+            check(f"launcher.{key}", launcher[key])
+
+
+def check_results(results: Path) -> None:
+    """The results root is read before anything runs (status, derived steps): a file, or a folder this
+    user cannot read, is refused here, naming the key."""
+    try:
+        exists, folder = results.exists(), results.is_dir()
+    except OSError:  # below a folder this user cannot search
+        exists, folder = True, False
+    if exists and not folder:
+        raise ConfigError(f"paths.results={results}: a file, not a folder, or below a folder this user cannot "
+                          "search; give the results folder of the sweep.")
+    if folder and not os.access(results, os.R_OK | os.X_OK):
+        raise ConfigError(f"paths.results={results}: this user cannot read it (permission denied); give a results "
+                          "folder you can read, or fix its permissions.")
 
 
 def preflight(exp: dict, jobs: list[Job], env: dict, args) -> bool:
@@ -130,14 +197,17 @@ def preflight(exp: dict, jobs: list[Job], env: dict, args) -> bool:
 
     pf = run_preflight(jobs, env, args.overrides, exp.get("runs_per_job"))
     print("\n".join(["preflight:", *pf.lines, *format_estimate(pf, env["launcher"], args.command == "preflight")]))
-    if pf.problems:
+    if len(pf.problems) == 1 and "\n" not in pf.problems[0]:  # one problem: one line
+        print(f"error: {pf.problems[0]} (the sweep cannot start; nothing was submitted)", file=sys.stderr)
+    elif pf.problems:
         print("error: " + "\n".join(format_problems(pf)), file=sys.stderr)
     if env["launcher"].get("timeout_min") in (None, "auto"):
         env["launcher"]["timeout_min"] = pf.time_limit_min or DEFAULT_TIMEOUT_MIN
     return pf.ok
 
 
-def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path, details: dict | None = None) -> None:
+def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path, details: dict | None = None,
+                 launcher: dict | None = None) -> None:
     counts = Counter(states)
     shown = [s for s in STATES if counts[s] or s in ("done", "failed", "running", "pending")]
     print(f"experiment {exp['name']}: {len(jobs)} runs - " + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]))
@@ -157,7 +227,10 @@ def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path, d
             print(f"  {j.name} (run {j.run_id}): {error}")
             print(f"    log: {results / 'work' / exp['name'] / j.run_id / 'log.txt'}")
             if j.name in submitted:
-                print(f"    slurm log: {results / 'slurm' / exp['name'] / submitted[j.name]}_0_log.err (job {submitted[j.name]})")
+                from benchmark.sweep.slurm import job_log, log_folder
+
+                log = job_log(log_folder(launcher or {}, results, exp["name"]), submitted[j.name])
+                print(f"    slurm log: {log} (job {submitted[j.name]})")
     damaged = [j for j, s in zip(jobs, states) if s == "damaged"]
     if damaged:
         print("\ndamaged runs: completed, but their records cannot be read in full (rerun with --rerun-failed; the "
@@ -176,12 +249,14 @@ def to_run(jobs: list[Job], states: list[str], rerun_failed: bool) -> list[Job]:
 
 
 def run_local(exp, jobs, env, composer, args) -> int:
+    from benchmark.snapshots import release_snapshots
     from benchmark.sweep.local import execute
 
-    failures = []
+    failures, tried = [], set()  # phase 2 runs the derived Few-iters, not again what failed in phase 1
     for phase in (1, 2):
         states = statuses(jobs, env["results"], exp["name"])
-        todo = to_run(jobs, states, args.rerun_failed)
+        todo = [j for j in to_run(jobs, states, args.rerun_failed) if j.name not in tried]
+        tried |= {j.name for j in todo}
         if phase == 2 and not todo:
             break
         print(f"phase {phase}: {len(todo)} runs to do, {states.count('done')} done already")
@@ -191,12 +266,14 @@ def run_local(exp, jobs, env, composer, args) -> int:
             return 0
         waiting = waiting_trajectories(jobs)
         share = env["launcher"].get("share_trajectories", True)
-        groups = [([j.cfg for j in group], share and group[0].trajectory in waiting)
+        # True: derived Few-iters will branch from the trajectory (its snapshots are held for them);
+        # None: leave a hold of an earlier phase as it is (released below once its branches are done)
+        groups = [([j.cfg for j in group], True if share and group[0].trajectory in waiting else None)
                   for group in (trajectories(todo, exp.get("runs_per_job")) if share else
                                 [[j] for j in todo if j.cfg is not None])]
         print(f"  as {len(groups)} " + ("trajectories, each trained once for the runs that share it" if share else
                                         "standalone runs (launcher.share_trajectories=false)"))
-        done = execute(groups, workers=int(env["launcher"].get("workers") or 1))
+        done = execute(groups, workers=env["launcher"].get("workers", 1))
         failures += [(cfgs, err) for cfgs, err in done if err]
         derived = resolve_derived(jobs, env["results"], composer)
         if derived:
@@ -205,7 +282,9 @@ def run_local(exp, jobs, env, composer, args) -> int:
                 f"{m} mean {d['mean']} max {d['max']}" for m, d in derived.items()) + f" (recorded in {path})")
             write_plan(env["results"], exp["name"], whole_grid(args, exp, jobs, env, composer))
     final = statuses(jobs, env["results"], exp["name"])
-    print_status(exp, jobs, final, env["results"])
+    for cfg in settled_trajectories(jobs, final):  # no derived run is left to branch from its snapshots
+        release_snapshots(cfg)
+    print_status(exp, jobs, final, env["results"], launcher=env["launcher"])
     return 1 if failures or "failed" in final else 0  # earlier failures leave the experiment incomplete too
 
 
@@ -244,7 +323,7 @@ def run_slurm(exp, jobs, env, args) -> int:
         slurm.wait_also_for(queued, new)
         print(f"queued Few-iters job arrays {', '.join(queued)} now also wait for {', '.join(new)}")
     arrays = sorted({i.split("_")[0] for i in ids.values()})
-    print(f"submitted Slurm job arrays {', '.join(arrays)}; logs in {Path(env['launcher'].get('folder') or env['results'] / 'slurm') / exp['name']}")
+    print(f"submitted Slurm job arrays {', '.join(arrays)}; logs in {slurm.log_folder(env['launcher'], env['results'], exp['name'])}")
     print(f"watch: python -m benchmark.sweep status experiment={exp['name']}")
     if args.wait:
         from benchmark.sweep.plan import SLURM_STATES, slurm_states
@@ -255,7 +334,7 @@ def run_slurm(exp, jobs, env, args) -> int:
             time.sleep(5)
         resolve_derived(jobs, env["results"])
         states = statuses(jobs, env["results"], exp["name"])
-        print_status(exp, jobs, states, env["results"])
+        print_status(exp, jobs, states, env["results"], launcher=env["launcher"])
         return 1 if "failed" in states else 0
     return 0
 
@@ -281,8 +360,14 @@ def main(argv: list[str] | None = None) -> int:
         exp, jobs, env, composer = plan(args)
         derived = resolve_derived(jobs, env["results"], composer)
         if args.command == "status":  # read only: status writes nothing
+            from benchmark.config import validate
+
+            for job in jobs:  # the preflight lists config problems with the rest; status refuses them
+                if job.cfg is not None:
+                    validate(job.cfg)
             details: dict = {}
-            print_status(exp, jobs, statuses(jobs, env["results"], exp["name"], details), env["results"], details)
+            print_status(exp, jobs, statuses(jobs, env["results"], exp["name"], details), env["results"], details,
+                         env["launcher"])
             return 0
         ok = preflight(exp, jobs, env, args)
         if args.command == "preflight" or not ok:

@@ -22,7 +22,7 @@ from benchmark.runs import Busy
 log = logging.getLogger("dvar")
 
 
-def _run(cfgs: list[dict], keep_snapshots: bool) -> list[dict]:
+def _run(cfgs: list[dict], keep_snapshots: bool | None) -> list[dict]:
     from benchmark.train import run_trajectory
 
     return run_trajectory([{**cfg, "progress": False} for cfg in cfgs], share_models=True,
@@ -58,8 +58,9 @@ def describe(cfgs: list[dict]) -> str:
     return f"{c['method']['name']} {c['concept']} seed {c['seed']} [{', '.join(x['strategy']['name'] for x in cfgs)}]"
 
 
-def execute(groups: list[tuple[list[dict], bool]], workers: int = 1, progress: bool = True) -> list[tuple[list[dict], str | None]]:
-    """Run each trajectory (its run configs, whether to keep its snapshots for later branches);
+def execute(groups: list[tuple[list[dict], bool | None]], workers: int = 1,
+            progress: bool = True) -> list[tuple[list[dict], str | None]]:
+    """Run each trajectory (its run configs, and train.run_trajectory's keep_snapshots);
     returns (configs, error text or None) per trajectory, failures included."""
     results: list[tuple[list[dict], str | None]] = []
     bar = tqdm(total=sum(len(g) for g, _ in groups), desc="runs", unit="run", disable=not progress or None)

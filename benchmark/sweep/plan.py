@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from benchmark.config import run_id, trajectory_id
 from benchmark.runs import write_text_atomic
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, read_yaml
 from benchmark.registry import unknown_name_error
 from benchmark.strategies import strategy_class
 
@@ -49,7 +48,10 @@ def load_experiment(name: str) -> dict:
     path = Path(name) if name.endswith((".yaml", ".yml")) else EXPERIMENTS_DIR / f"{name}.yaml"
     if not path.exists():
         raise unknown_name_error("experiment", name, available_experiments(), key="experiment")
-    exp = yaml.safe_load(path.read_text()) or {}
+    exp = read_yaml(path, "an experiment") or {}
+    if not isinstance(exp, dict):
+        raise ConfigError(f"{path}: holds a {type(exp).__name__}, not an experiment; see benchmark/sweep/plan.py for "
+                          "the format.")
     if "base" in exp:  # the same runs' settings as another experiment, on another grid (e.g. tuning concepts)
         base = load_experiment(str(exp.pop("base")))
         own = list(exp.pop("overrides", None) or [])
@@ -58,9 +60,10 @@ def load_experiment(name: str) -> dict:
     unknown = set(exp) - {"description", "overrides", "grid", "variants", "per_method", "few_iters", "runs_per_job"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; see benchmark/sweep/plan.py for the format.")
-    missing = [k for k in GRID_KEYS if k not in (exp.get("grid") or {})]
+    missing = [k for k in GRID_KEYS if not isinstance(exp.get("grid"), dict) or k not in exp["grid"]]
     if missing:
         raise ConfigError(f"{path}: grid must list {', '.join(missing)}.")
+    check_lists(path, exp)
     per_job = exp.get("runs_per_job")
     if per_job is not None and (isinstance(per_job, bool) or not isinstance(per_job, int) or per_job < 1):
         raise ConfigError(f"{path}: runs_per_job must be a positive integer (got {per_job!r}).")
@@ -69,6 +72,26 @@ def load_experiment(name: str) -> dict:
     exp["name"] = path.stem
     exp["path"] = str(path)
     return exp
+
+
+def check_lists(path: Path, exp: dict) -> None:
+    """The grid's axes, overrides and variants are lists (a scalar would be crossed letter by letter)."""
+    def is_list(value, kind=str) -> bool:
+        return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+
+    examples = {"method": "textual_inversion", "strategy": "dvar", "concept": "cat, dog", "seed": "59"}
+    for key in GRID_KEYS:
+        value = exp["grid"][key]
+        if not (value and is_list(value, int if key == "seed" else str)) and not (key == "concept" and value == "all"):
+            raise ConfigError(f"{path}: grid.{key} must be a list, e.g. {key}: [{examples[key]}] (got {value!r}).")
+    variants, per_method = exp.get("variants") or [], exp.get("per_method") or {}
+    if not isinstance(variants, list) or not isinstance(per_method, dict):
+        raise ConfigError(f"{path}: variants must be a list of override lists and per_method a map from a method to "
+                          "its overrides (see benchmark/sweep/plan.py).")
+    for key, value in [("overrides", exp.get("overrides") or []), *((f"variants[{i}]", v) for i, v in enumerate(variants)),
+                       *((f"per_method.{m}", v) for m, v in per_method.items())]:
+        if not is_list(value):
+            raise ConfigError(f"{path}: {key} must be a list of key=value overrides, e.g. [model=tiny] (got {value!r}).")
 
 
 @dataclass
@@ -173,18 +196,36 @@ def trajectories(jobs: list[Job], runs_per_job: int | None = None) -> list[list[
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def waiting_trajectories(jobs: list[Job]) -> set[str]:
-    """Trajectories that derived Few-iters runs will branch from once their CLIP-s runs are done:
-    their snapshots must outlive the first pass."""
+def branch_sources(jobs: list[Job]) -> list[tuple[Job, Job]]:
+    """(derived Few-iters job, the CLIP-s job of the same trajectory) pairs: the trajectory a derived
+    run branches from."""
     clip_s = {(j.method, j.concept, j.seed, tuple(j.overrides)): j for j in jobs if j.strategy == "clip_s" and j.cfg}
-    out = set()
+    pairs = []
     for job in jobs:
-        if job.cfg is None and job.derive:
+        if job.derive:
             key = tuple(o.replace(f"strategy={job.strategy}", "strategy=clip_s") for o in job.overrides)
             sibling = clip_s.get((job.method, job.concept, job.seed, key))
             if sibling is not None:
-                out.add(sibling.trajectory)
-    return out
+                pairs.append((job, sibling))
+    return pairs
+
+
+def waiting_trajectories(jobs: list[Job]) -> set[str]:
+    """Trajectories that derived Few-iters runs will branch from once their CLIP-s runs are done:
+    their snapshots must outlive the first pass."""
+    return {clip_s.trajectory for job, clip_s in branch_sources(jobs) if job.cfg is None}
+
+
+def settled_trajectories(jobs: list[Job], states: list[str]) -> list[dict]:
+    """A config of each trajectory whose derived Few-iters runs are all done: no run is left to branch
+    from its snapshots."""
+    state = {id(j): s for j, s in zip(jobs, states)}
+    sources, unsettled = {}, set()
+    for job, clip_s in branch_sources(jobs):
+        sources[clip_s.trajectory] = clip_s.cfg
+        if state[id(job)] != "done":
+            unsettled.add(clip_s.trajectory)
+    return [cfg for trajectory, cfg in sources.items() if trajectory not in unsettled]
 
 
 def runs_table(results: Path):
@@ -335,15 +376,17 @@ def statuses(jobs: list[Job], results: Path, experiment: str, details: dict | No
                 paths = RunPaths(job.cfg)
                 problems = records.run_problems(results, paths.keys, job.run_id, int(row.iterations))
                 if problems:
-                    state = "damaged"
+                    # An unreadable file is damaged (--rerun-failed moves it aside); parts that were deleted
+                    # leave the run not done, and a relaunch runs it again.
+                    state = "damaged" if records.unreadable_parts(results, paths.keys, job.run_id) else "pending"
                     if details is not None:
                         details[job.name] = problems
         elif paths_damaged(job, results, details):
             state = "damaged"
         if state != "done" and held(job.cfg) is not None:
             state = "running"
-        elif state in ("pending", "failed") and in_slurm in ("queued", "requeued", "running", "cancelled"):
-            state = in_slurm
+        elif state in ("pending", "failed") and in_slurm in ("queued", "requeued", "running", "cancelled", "failed"):
+            state = in_slurm  # a task that ended without a runs row (out of memory, time limit, a dead node) failed
         out.append(state)
     return out
 

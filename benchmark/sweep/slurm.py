@@ -63,6 +63,16 @@ def derive(job: Job, payload: dict) -> dict:
     return cfg
 
 
+def log_folder(launcher: dict, results: Path, experiment: str) -> Path:
+    """Where an experiment's Slurm logs go: a folder per job under it (submitit's %j)."""
+    return Path(launcher.get("folder") or Path(results) / "slurm") / experiment
+
+
+def job_log(folder: Path, job_id: str) -> Path:
+    """The stderr log of one array task, as submitit names it: <folder>/<job>/<job>_0_log.err."""
+    return folder / job_id / f"{job_id}_0_log.err"
+
+
 def make_executor(launcher: dict, folder: Path, name: str) -> submitit.AutoExecutor:
     executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=launcher.get("cluster"),
                                      slurm_max_num_timeout=int(launcher.get("max_num_timeout") or 0))
@@ -76,7 +86,7 @@ def submit(ready: list[list[Job]], deferred: list[list[Job]], waiting: set[str],
            experiment: str) -> dict[str, str]:
     """Submit the ready trajectories as one array and the trajectories of the derived Few-iters runs
     as a dependent one; returns run name -> Slurm job id (the trajectory's task)."""
-    folder = Path(launcher.get("folder") or results / "slurm") / experiment
+    folder = log_folder(launcher, results, experiment)
     folder.mkdir(parents=True, exist_ok=True)
     executor = make_executor(launcher, folder, f"dvar-{experiment}")
     payload = {"results": str(results), "experiment": experiment}
@@ -84,13 +94,16 @@ def submit(ready: list[list[Job]], deferred: list[list[Job]], waiting: set[str],
     first = []
     if ready:
         first = executor.map_array(SlurmRun(), [{**payload, "cfgs": [j.cfg for j in group],
-                                                 "keep": group[0].trajectory in waiting} for group in ready])
+                                                 # None: a hold of an earlier submission stays as it is
+                                                 "keep": True if group[0].trajectory in waiting else None}
+                                                for group in ready])
         ids.update({j.name: s.job_id for group, s in zip(ready, first) for j in group})
     if deferred:
         if first:
             extra = dict(launcher.get("additional_parameters") or {})
             executor.update_parameters(slurm_additional_parameters={
                 **extra, "dependency": f"afterany:{first[0].job_id.split('_')[0]}"})
+        # False: these are the branches; once they are done their trajectory's snapshots may go
         second = executor.map_array(SlurmRun(), [{**payload, "cfgs": None, "jobs": group, "keep": False}
                                                  for group in deferred])
         ids.update({j.name: s.job_id for group, s in zip(deferred, second) for j in group})

@@ -41,16 +41,22 @@ examples:
 
 
 def configs_for(overrides: list[str]) -> list[dict]:
-    """The run configs of an experiment (experiment=NAME among the overrides) or of one run."""
-    from benchmark.config import compose
+    """The run configs of an experiment (experiment=NAME among the overrides) or of one run, validated."""
+    from benchmark.config import compose, validate
+    from benchmark.run import check_groups
 
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
+    check_groups(rest)
     if not names:
-        return [compose(rest)]
-    from benchmark.sweep.plan import expand, load_experiment
+        cfgs = [compose(rest)]
+    else:
+        from benchmark.sweep.plan import expand, load_experiment
 
-    return [job.cfg for job in expand(load_experiment(names[-1]), rest) if job.cfg is not None]
+        cfgs = [job.cfg for job in expand(load_experiment(names[-1]), rest) if job.cfg is not None]
+    for cfg in cfgs:
+        validate(cfg)
+    return cfgs
 
 
 def main(argv: list[str] | None = None) -> int:
