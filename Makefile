@@ -27,10 +27,10 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) -m benchmark.bench
+	$(PY) -m benchmark.measure.bench
 
 real-shape: install
 	$(PY) -m benchmark.sweep experiment=real_shape
 
 gpu-check: install
-	$(PY) -m benchmark.gpu_check out=results/gpu_check
+	$(PY) -m benchmark.measure.gpu_check out=results/gpu_check

@@ -9,9 +9,17 @@ import time
 import warnings
 from pathlib import Path
 
-from benchmark.cli_args import Spec, UsageError, as_list, as_number, fail, progress, require
-from benchmark.cli_args import parse as parse_args
-from benchmark.errors import ConfigError, integer, number
+from benchmark.core.cli_args import (
+    Spec,
+    UsageError,
+    as_list,
+    as_number,
+    fail,
+    progress,
+    require,
+)
+from benchmark.core.cli_args import parse as parse_args
+from benchmark.core.errors import ConfigError, integer, number
 
 PROG = "python -m analysis"
 _COMMON = ("experiment", "results", "out")
@@ -87,7 +95,7 @@ def numbers(key: str, value: str, kind=float) -> list:
 def replay_grid(options: dict, criterion: str) -> dict[str, list]:
     """The criterion's hyperparameters among the options: KEY=V1,V2,... each."""
     from analysis.replay import CRITERIA
-    from benchmark.registry import did_you_mean
+    from benchmark.core.registry import did_you_mean
 
     if criterion not in CRITERIA:
         raise UsageError(f"criterion={criterion}: not a criterion; choose from {', '.join(CRITERIA)}."
@@ -108,7 +116,7 @@ def replay_grid(options: dict, criterion: str) -> dict[str, list]:
 
 def check_folders(results: Path, out: Path, given_out: bool) -> None:
     """results= a folder this user can read, out= a folder that can be written: refused before anything is read."""
-    from benchmark.records import writable
+    from benchmark.core.fs import writable
 
     def exists(path: Path) -> bool:
         try:
@@ -186,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "strided":
             import json
 
-            from analysis.replay import check_grid, strided_summary, strided_vs_every_step
+            from analysis.replay import (
+                check_grid,
+                strided_summary,
+                strided_vs_every_step,
+            )
 
             every = numbers("every", args.get("every", "2,5,10"), int)
             window = as_number("window", args["window"], int) if args.get("window") else None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark import records
+from benchmark.store import records
 
 METHOD_NAMES = {"textual_inversion": "Textual Inversion", "dreambooth_lora": "DreamBooth-LoRA",
                 "custom_diffusion": "Custom Diffusion"}

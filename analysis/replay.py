@@ -2,7 +2,7 @@
 
 A full-length run (e.g. a Baseline run with L_det after every update and CLIP evaluations every 50
 updates) holds the whole trajectory, so any criterion can be evaluated on it without training again.
-The criteria are the very state machines the live runs use (benchmark.stopping), so a replay of
+The criteria are the very state machines the live runs use (benchmark.protocol.stopping), so a replay of
 DVAR or CLIP-s on a trace stops where a live run with the same seed stops: replay feeds the criterion
 exactly the sequence the live loop feeds it (`ldet_sequence`: every L_det step, NaN values included).
 The Appendix E criteria (ema, hall, trend, and trend_relative, which is not in the paper) exist only here.
@@ -21,8 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmark.errors import ConfigError, integer, number
-from benchmark.stopping import DVAR, ClipS, EMAPercentile, Hall, Trend, TrendRelative
+from benchmark.core.errors import ConfigError, integer, number
+from benchmark.protocol.stopping import (
+    DVAR,
+    ClipS,
+    EMAPercentile,
+    Hall,
+    Trend,
+    TrendRelative,
+)
 
 QUALITY = ("train_clip_img", "val_clip_img", "val_clip_txt", "dino", "div")
 WINDOW_CRITERIA = {"ema": EMAPercentile, "hall": Hall, "trend": Trend, "trend_relative": TrendRelative}
@@ -87,7 +94,7 @@ def check_grid(criterion: str, grid: dict[str, list], complete: bool = True) -> 
     """A replay grid's values, named by their keys, before any trace is read: the live criteria's
     ranges, a strided DVAR window longer than the stride, and (`complete`) every hyperparameter but
     `every` given."""
-    from benchmark.strategies import MAX_STEPS
+    from benchmark.protocol.strategies import MAX_STEPS
 
     missing = [k for k in CRITERIA[criterion] if k != "every" and k not in grid]
     if complete and missing:

@@ -19,7 +19,14 @@ import pandas as pd
 import yaml
 
 from analysis import figures, tables
-from analysis.load import METHOD_NAMES, STRATEGY_NAMES, evals_of, order, runs_and_left_out, steps_of
+from analysis.load import (
+    METHOD_NAMES,
+    STRATEGY_NAMES,
+    evals_of,
+    order,
+    runs_and_left_out,
+    steps_of,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PAPER_MODEL = "sd15"

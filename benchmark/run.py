@@ -3,20 +3,24 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 import textwrap
 from pathlib import Path
 
-from benchmark.cli_args import Spec, UsageError, fail
-from benchmark.cli_args import parse as parse_args
-from benchmark.config import CONF_DIR
-from benchmark.errors import ConfigError
+from benchmark.core.cli_args import Spec, UsageError, fail, setup_logging
+from benchmark.core.cli_args import parse as parse_args
+from benchmark.core.errors import ConfigError
+from benchmark.protocol.config import (
+    CONF_DIR,
+    GROUPS,
+    check_groups,
+    default_option,
+    group_options,
+)
 
 PROG = "python -m benchmark.run"
 SPECS = {None: Spec(switches=("force", "cfg"), overrides=True)}
-GROUPS = ("model", "metrics", "method", "strategy", "launcher")
 
 # The keys --help shows: (key, shown as, comment when conf/ has none on that line).
 MAIN_KEYS = (
@@ -48,16 +52,6 @@ MAIN_KEYS = (
 )
 
 
-def setup_logging() -> None:
-    logger = logging.getLogger("dvar")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[dvar] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
 # --- --help ------------------------------------------------------------------------------------
 def yaml_lines(path: Path) -> dict[str, tuple[str, str]]:
     """dotted key -> (value as written, inline comment) of a config file (mappings only)."""
@@ -83,17 +77,6 @@ def header_comment(path: Path) -> str:
             break
         lines.append(line.lstrip("# ").strip())
     return re.split(r"(?<=\.)\s", " ".join(lines))[0].rstrip(".")
-
-
-def group_options(group: str) -> list[str]:
-    default = default_option(group)
-    names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    return [default, *(n for n in names if n != default)] if default in names else names
-
-
-def default_option(group: str) -> str | None:
-    m = re.search(rf"^\s*-\s*{group}:\s*(\w+)", (CONF_DIR / "run.yaml").read_text(), re.M)
-    return m[1] if m else None
 
 
 def key_line(key: str, shown: str | None, fallback: str | None) -> str:
@@ -154,16 +137,6 @@ def help_text() -> str:
 
 
 # --- the command ---------------------------------------------------------------------------------
-def check_groups(overrides: list[str]) -> None:
-    """`model=sd16` and the like: one line with the choices, before Hydra is asked."""
-    from benchmark.registry import unknown_name_error
-
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key in GROUPS and value and value not in group_options(key):
-            raise unknown_name_error(key, value, group_options(key), key=key)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--cfg" in argv and argv.index("--cfg") + 1 < len(argv) and argv[argv.index("--cfg") + 1] in ("job", "all"):
@@ -175,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.help:
         print(help_text(), end="")
         return 0
-    from benchmark.config import compose
-    from benchmark.runs import Busy
+    from benchmark.protocol.config import compose
+    from benchmark.store.runs import Busy
 
     setup_logging()
     try:
@@ -187,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(cfg, sort_keys=False), end="")
             return 0
-        from benchmark.train import run
+        from benchmark.engine.train import run
 
         row = run(cfg, force="force" in args.switches)
     except ConfigError as err:

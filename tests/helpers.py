@@ -32,7 +32,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from benchmark.config import resolve
+    from benchmark.protocol.config import resolve
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -55,8 +55,8 @@ METHOD_NAMES = ["textual_inversion", "dreambooth_lora", "custom_diffusion"]
 
 def fitted(cfg: dict):
     """Train one run and keep its live trajectory (models, method, data) for inspection."""
-    from benchmark.observer import Observer
-    from benchmark.train import Session
+    from benchmark.engine.observer import Observer
+    from benchmark.engine.train import Session
 
     session = Session([Observer(cfg)], share_models=True)
     session.run()
@@ -65,7 +65,7 @@ def fitted(cfg: dict):
 
 def set_up(cfg: dict):
     """A trajectory set up (models loaded, method installed, data decoded), not trained."""
-    from benchmark.trajectory import Trajectory
+    from benchmark.engine.trajectory import Trajectory
 
     t = Trajectory(cfg, share_models=True)
     t.setup()

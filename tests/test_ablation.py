@@ -5,11 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
 from scipy import stats
 
-from analysis.ablation import LOSSES, SCORES, combined_correlation, fisher_z, table4, table4_markdown, trend_to_noise, \
-    variant, write
+from analysis.ablation import (
+    LOSSES,
+    SCORES,
+    combined_correlation,
+    fisher_z,
+    table4,
+    table4_markdown,
+    trend_to_noise,
+    variant,
+    write,
+)
 from analysis.load import completed_runs, evals_of, steps_of
 from benchmark.sweep.cli import main as sweep
 from tests.helpers import TINY

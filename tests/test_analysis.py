@@ -13,9 +13,9 @@ from PIL import Image
 from analysis.load import completed_runs, evals_of, steps_of
 from analysis.replay import grid_search, replay, traces
 from analysis.tables import table1, table3, to_csv, to_latex, to_markdown, versus_paper
-from benchmark import records
+from benchmark.engine.train import run
+from benchmark.store import records
 from benchmark.sweep.cli import main as sweep
-from benchmark.train import run
 from tests.helpers import PROJECT_ROOT, tiny_run_config
 
 

@@ -5,10 +5,10 @@ import hashlib
 import pytest
 import torch
 
-from benchmark.backbone import load_backbone, resolve_pretrained
-from benchmark.config import cache_root
-from benchmark.errors import ConfigError
-from benchmark.tokenizer import build_clip_tokenizer
+from benchmark.core.errors import ConfigError
+from benchmark.engine.backbone import load_backbone, resolve_pretrained
+from benchmark.engine.tokenizer import build_clip_tokenizer
+from benchmark.protocol.config import cache_root
 from tests.helpers import compose
 
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from benchmark.concepts.manifest import CONCEPTS_DIR
-from benchmark.errors import ConfigError
-from benchmark.train import run
+from benchmark.core.errors import ConfigError
+from benchmark.engine.train import run
 from tests.helpers import tiny_run_config
 
 SAMPLE = CONCEPTS_DIR / "sample" / "duck_toy"
@@ -149,7 +149,7 @@ def cli(args: list[str]):
 
 
 def test_new_images_make_a_new_run(tmp_path):
-    from benchmark.config import run_id
+    from benchmark.protocol.config import run_id
 
     folder = concept_dir(tmp_path / "data")
     cfg = tiny_run_config("textual_inversion", "few_iters", tmp_path / "r", "concept=duck_toy",

@@ -403,7 +403,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(answers, case):
 
 # --- every numeric key of conf/ has a type and a range ---------------------------------------------
 # The component configs of built models and of the metric models are the libraries' own constructor
-# arguments, passed on as they are (benchmark.config.KEYS says so).
+# arguments, passed on as they are (benchmark.protocol.config.KEYS says so).
 LIBRARY_CONFIGS = ("model.build.text_encoder.", "model.build.vae.", "model.build.unet.", "metrics.clip.config.",
                    "metrics.dino.kwargs.")
 
@@ -432,9 +432,8 @@ def test_every_numeric_key_has_a_type_and_a_range():
     """Every key of every option of conf/ that holds a number or a switch (or null where another option
     holds one) refuses a word, a negative number and 10**12, naming itself: config.validate for the run
     keys (method, strategy, model, metrics, ldet, sampling), the sweep's check for the launcher's."""
-    from benchmark.config import compose, validate
-    from benchmark.errors import ConfigError
-    from benchmark.run import GROUPS, group_options
+    from benchmark.core.errors import ConfigError
+    from benchmark.protocol.config import GROUPS, compose, group_options, validate
     from benchmark.sweep.cli import LAUNCHER_KEYS, check_launcher
 
     numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, str)  # noqa: E731 (bool included)

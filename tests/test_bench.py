@@ -17,7 +17,7 @@ def printed_quotient_is(printed: float, printed_half: float, num: float, num_hal
 
 
 def test_bench_prints_every_section():
-    proc = subprocess.run([sys.executable, "-m", "benchmark.bench", "--methods", "textual_inversion", "--steps", "2",
+    proc = subprocess.run([sys.executable, "-m", "benchmark.measure.bench", "--methods", "textual_inversion", "--steps", "2",
                            "--blocks", "1", "--every", "2", "ldet.batch_size=2", "sampling.steps=1",
                            "sampling.n_train_prompts=2"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.backbone import load_backbone
-from benchmark.class_images import class_images
-from benchmark.errors import ConfigError
-from benchmark.sampling import Sampler
+from benchmark.core.errors import ConfigError
+from benchmark.engine.backbone import load_backbone
+from benchmark.engine.class_images import class_images
+from benchmark.engine.sampling import Sampler
 from tests.helpers import compose
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from benchmark.cli_args import Spec, UsageError, parse
+from benchmark.core.cli_args import Spec, UsageError, parse
 from tests.helpers import CONF_DIR, PROJECT_ROOT
 
 

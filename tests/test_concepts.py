@@ -16,9 +16,9 @@ from PIL import Image
 from benchmark.concepts.fetch import fetch, pinned_checksums
 from benchmark.concepts.images import decode_image
 from benchmark.concepts.manifest import SOURCES, get_concept, load_manifest
-from benchmark.checksums import sha256
 from benchmark.concepts.validate import validate_folder
-from benchmark.errors import ConfigError
+from benchmark.core.checksums import sha256
+from benchmark.core.errors import ConfigError
 from tests.helpers import PROJECT_ROOT, SHARED_DREAMBOOTH
 
 REFERENCE_CSV = PROJECT_ROOT.parent / "shared" / "reference" / "concepts.csv"

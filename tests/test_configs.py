@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from benchmark.config import run_id, validate
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
+from benchmark.protocol.config import run_id, validate
 from tests.helpers import CONF_DIR, PROJECT_ROOT, compose
 
 GROUPS = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml")) for g in ("model", "metrics", "method", "strategy")}

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 from safetensors.torch import load_file
 
-from benchmark import records
-from benchmark.train import run
+from benchmark.engine.train import run
+from benchmark.store import records
 from tests.helpers import tiny_run_config, without_timing
 
 

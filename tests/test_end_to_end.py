@@ -5,16 +5,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from benchmark import records
-from benchmark.backbone import load_backbone
-from benchmark.config import cache_root
-from benchmark.methods import METHODS
-from benchmark.records import RUNS
-from benchmark.sampling import Sampler
-from benchmark.train import run
+from benchmark.engine.backbone import load_backbone
+from benchmark.engine.methods import METHODS
+from benchmark.engine.sampling import Sampler
+from benchmark.engine.train import run
+from benchmark.protocol.config import cache_root
+from benchmark.store import records
+from benchmark.store.records import RUNS
 from tests.helpers import METHOD_NAMES, fitted, tiny_run_config
 from tests.test_stopping import official_clip_s, official_dvar
-
 
 STRATEGY_NAMES = ["baseline", "clip_s", "few_iters", "few_iters_mean", "few_iters_max", "dvar"]
 

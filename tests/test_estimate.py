@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from benchmark.core.provenance import project_path
 from benchmark.preflight.estimate import load_profile
 from benchmark.preflight.preflight import Preflight, estimate, format_estimate
-from benchmark.provenance import project_path
-from benchmark.sweep.plan import expand, load_experiment
+from benchmark.protocol.experiments import expand, load_experiment
 
 PROFILE = project_path("slurm/a100.timing.yaml")
 
@@ -56,7 +56,7 @@ def test_a_method_missing_from_the_profile_is_priced_from_the_slowest_with_a_war
 @pytest.mark.parametrize("body", ["methods: {}\ngpu: x\nmodels: [sd15]\nsetup_s: 1\nclass_image_s: 1\n",
                                   "- a list\n", "gpu: [unclosed\n"])
 def test_a_broken_profile_is_one_line_naming_the_file(body, tmp_path):
-    from benchmark.errors import ConfigError
+    from benchmark.core.errors import ConfigError
 
     path = tmp_path / "bad.timing.yaml"
     path.write_text(body)

@@ -13,10 +13,11 @@ import pytest
 from benchmark.preflight.estimate import load_profile
 from tests.helpers import PROJECT_ROOT
 
+
 @pytest.mark.slow
 def test_the_gpu_check_runs_on_a_cpu(tmp_path):
     out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, "-m", "benchmark.gpu_check", "device=cpu", "model=tiny", "metrics=tiny",
+    proc = subprocess.run([sys.executable, "-m", "benchmark.measure.gpu_check", "device=cpu", "model=tiny", "metrics=tiny",
                            "methods=dreambooth_lora", f"out={out}"], cwd=PROJECT_ROOT, capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -29,7 +30,7 @@ def test_the_gpu_check_runs_on_a_cpu(tmp_path):
     resume = summary["resume"]
     assert resume["runs"] == 2 and resume["kills"] == 2 and resume["identical"], resume
     profile = load_profile(out / "timing.yaml")
-    assert profile.models == ["tiny"] and "benchmark.gpu_check" in profile.source
+    assert profile.models == ["tiny"] and "benchmark.measure.gpu_check" in profile.source
     assert profile.methods["dreambooth_lora"]["update_s"] == pytest.approx(summary["timings"]["fp16"]["dreambooth_lora"]["update_ms"] / 1e3, rel=1e-3)
     assert "resume after SIGKILL: 2 runs, 2 kills -> identical" in proc.stdout
 
@@ -42,7 +43,7 @@ def test_the_gpu_check_runs_on_a_cpu(tmp_path):
     (["mixed_precision=fp8", "device=cpu"], "mixed_precision must be one of"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmark.gpu_check", *args], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmark.measure.gpu_check", *args], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={"PYTHONPATH": str(PROJECT_ROOT), "HF_HUB_OFFLINE": "1",
                                                        "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

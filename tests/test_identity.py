@@ -6,10 +6,10 @@ import os
 import shutil
 from pathlib import Path
 
-from benchmark import records
 from benchmark.concepts.manifest import CONCEPTS_DIR
-from benchmark.config import concept_images, run_id
-from benchmark.train import run
+from benchmark.engine.train import run
+from benchmark.protocol.config import concept_images, run_id
+from benchmark.store import records
 from tests.helpers import tiny_run_config
 
 SAMPLE = CONCEPTS_DIR / "sample" / "duck_toy"

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from benchmark.objective import SOURCES, EvalBatch
+from benchmark.engine.objective import SOURCES, EvalBatch
 from tests.helpers import set_up, tiny_run_config
 
 

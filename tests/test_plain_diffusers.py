@@ -15,7 +15,13 @@ from PIL import Image
 from safetensors import safe_open
 
 from benchmark.toy.pretrain import WEIGHTS_DIR
-from tests.helpers import METHOD_NAMES, PROJECT_ROOT, SMALL_METHOD, compose, tiny_run_config
+from tests.helpers import (
+    METHOD_NAMES,
+    PROJECT_ROOT,
+    SMALL_METHOD,
+    compose,
+    tiny_run_config,
+)
 
 CLIENT = PROJECT_ROOT / "examples" / "load_with_diffusers.py"
 PIPELINE = WEIGHTS_DIR / "pipeline"
@@ -52,7 +58,7 @@ def grid_tiles(path, n: int, side: int) -> list[np.ndarray]:
 def test_shipped_toy_pipeline_loads_in_plain_diffusers_with_the_projects_tokenizer(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from benchmark.tokenizer import build_clip_tokenizer
+    from benchmark.engine.tokenizer import build_clip_tokenizer
 
     pipe = StableDiffusionPipeline.from_pretrained(str(PIPELINE))
     ours = build_clip_tokenizer(tmp_path / "bpe")
@@ -68,8 +74,8 @@ def test_shipped_toy_pipeline_loads_in_plain_diffusers_with_the_projects_tokeniz
 def test_a_client_without_the_project_reproduces_the_runs_samples(method, precision, tmp_path):
     """fp16: the weights of a run trained with half frozen weights, autocast and a GradScaler, loaded
     into a half-precision pipeline."""
-    from benchmark.observer import Observer
-    from benchmark.train import Session
+    from benchmark.engine.observer import Observer
+    from benchmark.engine.train import Session
 
     results = tmp_path / "results"
     cfg = toy_config(method, results, precision)
@@ -137,8 +143,8 @@ def plain_images(token_from, prompts: list[str], s: dict) -> list[np.ndarray]:
 def test_best_checkpoint_runs_save_the_grid_of_their_reported_step(results):
     """Baseline and CLIP-s report their best checkpoint and skip the final evaluation; each saves
     the grid of that evaluation, and no grid of an earlier best is left (one shared trajectory)."""
-    from benchmark import records
-    from benchmark.train import run_trajectory
+    from benchmark.engine.train import run_trajectory
+    from benchmark.store import records
 
     extra = ("sampling.save_images=final", "ldet.enabled=false", "strategy.max_steps=6")
     rows = run_trajectory([tiny_run_config("textual_inversion", s, results, *extra) for s in ("baseline", "clip_s")],

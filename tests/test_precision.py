@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import records
-from benchmark.train import run, run_trajectory
+from benchmark.engine.train import run, run_trajectory
+from benchmark.store import records
 from tests.helpers import METHOD_NAMES, set_up, tiny_run_config
 
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmark import records
-from benchmark.backbone import resolve_pretrained
-from benchmark.config import cache_root
+from benchmark.engine.backbone import resolve_pretrained
+from benchmark.protocol.config import cache_root
+from benchmark.store import records
 from benchmark.weights.files import required_files
 from tests.helpers import PROJECT_ROOT, compose
 from tests.twin_caches import fill_metrics, fill_sd, hub_env
@@ -63,7 +63,7 @@ def concept_data(root: Path, *names: str) -> Path:
 
 
 def test_textual_inversion_with_dvar_runs_end_to_end_at_real_shape(tmp_path, twin_folder):
-    from benchmark.train import run
+    from benchmark.engine.train import run
 
     results = tmp_path / "results"
     cfg = compose([*REAL_SHAPE, "method=textual_inversion", "strategy=dvar", "strategy.max_steps=2",

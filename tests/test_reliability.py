@@ -16,12 +16,12 @@ import psutil
 import pytest
 import yaml
 
-from benchmark import records
-from benchmark.config import run_id
-from benchmark.runs import Busy, held, owning
+from benchmark.engine.snapshots import trajectory_dir
+from benchmark.engine.train import run, run_trajectory
+from benchmark.protocol.config import run_id
+from benchmark.store import records
+from benchmark.store.runs import Busy, held, owning
 from benchmark.sweep.cli import main as sweep
-from benchmark.snapshots import trajectory_dir
-from benchmark.train import run, run_trajectory
 from tests.helpers import PROJECT_ROOT, TINY, compose, tiny_run_config, without_timing
 
 pytestmark = pytest.mark.slow
@@ -221,8 +221,8 @@ def test_killing_a_two_worker_sweep_leaves_no_process(tmp_path):
 def test_a_model_that_no_longer_loads_fails_each_run_with_its_traceback(tmp_path):
     """The model folder became unloadable after the preflight: setup fails after the inputs were
     checked, so every run of the trajectory gets a failed row and the traceback in its log.txt."""
-    from benchmark.errors import ConfigError
-    from benchmark.runs import RunPaths
+    from benchmark.core.errors import ConfigError
+    from benchmark.store.runs import RunPaths
     from tests.test_preflight import toy_copy
 
     weights = toy_copy(tmp_path)

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from analysis.replay import QUALITY, Trace, grid_search, ldet_sequence, replay
-from benchmark.errors import ConfigError
-from benchmark.strategies import make_strategy
+from benchmark.core.errors import ConfigError
+from benchmark.protocol.strategies import make_strategy
 
 
 def trace(l_det, concept="a", clip=None, eval_every=2, ldet_every=1, run_id=None) -> Trace:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from analysis.report import departures, markdown_to_html
-from benchmark import records
-from benchmark.sweep.plan import expand, load_experiment
+from benchmark.protocol.experiments import expand, load_experiment
+from benchmark.store import records
 from tests.helpers import PROJECT_ROOT, compose
 
 PAPER_OVERRIDES = ["model=sd15", "metrics=real"]

@@ -11,9 +11,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmark import records
-from benchmark.train import run
-from tests.helpers import PROJECT_ROOT, SMALL_METHOD, TINY, compose, tiny_run_config, without_timing
+from benchmark.engine.train import run
+from benchmark.store import records
+from tests.helpers import (
+    PROJECT_ROOT,
+    SMALL_METHOD,
+    TINY,
+    compose,
+    tiny_run_config,
+    without_timing,
+)
 
 RUN_KEYS = ["iterations", "reported_step", "stop_reason", "train_clip_img", "train_clip_txt", "val_clip_img",
             "val_clip_txt", "dino", "div"]

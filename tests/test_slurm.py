@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 
-from benchmark import records
+from benchmark.engine.train import run
+from benchmark.store import records
 from benchmark.sweep.cli import main as sweep
-from benchmark.train import run
 from tests.helpers import TINY, tiny_run_config, without_timing
 
 

@@ -10,8 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmark.errors import ConfigError
-from benchmark.stopping import DVAR, ClipS, EMAPercentile, Hall, Never, Trend, TrendRelative
+from benchmark.core.errors import ConfigError
+from benchmark.protocol.stopping import (
+    DVAR,
+    ClipS,
+    EMAPercentile,
+    Hall,
+    Never,
+    Trend,
+    TrendRelative,
+)
 
 
 @np.errstate(invalid="ignore")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import records
+from benchmark.store import records
 from benchmark.sweep.cli import main as sweep
 from tests.helpers import TINY
 
@@ -124,8 +124,8 @@ SIZES = {"smoke": 15, "table1": 720, "toy_smoke": 15, "toy_tuning": 12, "toy_tab
 @pytest.mark.parametrize("name", list(SIZES))
 def test_committed_experiments_expand(name, capsys):
     """The first comment is the command; the grid composes into valid run configs."""
-    from benchmark.config import validate
-    from benchmark.sweep.plan import expand, load_experiment
+    from benchmark.protocol.config import validate
+    from benchmark.protocol.experiments import expand, load_experiment
 
     exp = load_experiment(name)
     first = Path(exp["path"]).read_text().splitlines()[0]
@@ -140,7 +140,7 @@ def test_committed_experiments_expand(name, capsys):
 
 
 def test_the_toy_table_is_reported_on_concepts_it_was_not_tuned_on():
-    from benchmark.sweep.plan import load_experiment
+    from benchmark.protocol.experiments import load_experiment
 
     table, tuning = load_experiment("toy_table1"), load_experiment("toy_tuning")
     assert tuning["overrides"] == [*table["overrides"], "ldet.log=always"], "the same runs, with traces for replay"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmark.checksums import verify_sums
+from benchmark.core.checksums import verify_sums
 from benchmark.toy import concepts as toy_concepts
 from benchmark.toy import world
 from benchmark.toy.pretrain import WEIGHTS_DIR, pretrain
@@ -48,8 +48,8 @@ def test_pretraining_procedure_is_reproducible(tmp_path):
 def test_the_toy_schedule_is_sampled_only_by_schedulers_that_honour_it():
     from diffusers import DDIMScheduler
 
-    from benchmark.errors import ConfigError
-    from benchmark.sampling import make_scheduler
+    from benchmark.core.errors import ConfigError
+    from benchmark.engine.sampling import make_scheduler
     from benchmark.toy.pretrain import TOY_SCHEDULER
 
     config = dict(DDIMScheduler(**TOY_SCHEDULER).config)
@@ -69,9 +69,9 @@ def test_toy_model_follows_its_prompts():
     import open_clip
     from diffusers import StableDiffusionPipeline
 
-    from benchmark.backbone import load_backbone
-    from benchmark.config import cache_root
-    from benchmark.sampling import make_scheduler
+    from benchmark.engine.backbone import load_backbone
+    from benchmark.engine.sampling import make_scheduler
+    from benchmark.protocol.config import cache_root
     from benchmark.toy.checks import prompt_following
     from tests.helpers import compose
 
@@ -89,7 +89,7 @@ def test_toy_model_follows_its_prompts():
 @pytest.mark.skipif(not SHIPPED, reason="no shipped toy weights")
 def test_textual_inversion_learns_a_toy_concept(tmp_path):
     """Train CLIP img of the samples rises well above its value for the untrained token."""
-    from benchmark.train import run
+    from benchmark.engine.train import run
     from tests.helpers import compose
 
     base = ["model=toy", "metrics=toy", "method=textual_inversion", "method.initializer_token=null",

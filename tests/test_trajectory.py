@@ -9,10 +9,10 @@ import json
 import pandas as pd
 import pytest
 
-from benchmark import records
-from benchmark.config import trajectory_id
-from benchmark.snapshots import trajectory_dir
-from benchmark.train import run, run_trajectory
+from benchmark.engine.snapshots import trajectory_dir
+from benchmark.engine.train import run, run_trajectory
+from benchmark.protocol.config import trajectory_id
+from benchmark.store import records
 from tests.helpers import METHOD_NAMES, tiny_run_config, without_timing
 
 pytestmark = pytest.mark.slow

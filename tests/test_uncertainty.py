@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from analysis import uncertainty
-from analysis.uncertainty import bootstrap_interval, compare_with_baseline, geometric_mean, seed_spread, wilcoxon_p
+from analysis.uncertainty import (
+    bootstrap_interval,
+    compare_with_baseline,
+    geometric_mean,
+    seed_spread,
+    wilcoxon_p,
+)
 
 
 def test_the_exact_bootstrap_of_a_small_sample():

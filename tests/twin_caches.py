@@ -41,7 +41,7 @@ def _put_blob(snapshot: Path, name: str, source: Path) -> None:
 
 def fill_sd(root: Path, files, twin: Path) -> None:
     """The SD files `files` names, from the built twin folder (big files linked, not copied)."""
-    from benchmark.tokenizer import write_clip_tokenizer_files
+    from benchmark.engine.tokenizer import write_clip_tokenizer_files
 
     tok = root / "_tokenizer"
     write_clip_tokenizer_files(tok)
@@ -64,7 +64,7 @@ def fill_metrics(root: Path, metrics_cfg: dict, files) -> None:
     import torchvision
     from safetensors.torch import save_file
 
-    from benchmark.metrics import MetricModels
+    from benchmark.engine.metrics import MetricModels
 
     models = MetricModels(metrics_cfg, root / "_dvar", torch.device("cpu"))
     states = {"metrics.clip": models.clip.state_dict(), "metrics.dino": models.dino.state_dict()}

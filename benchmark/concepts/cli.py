@@ -8,14 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from benchmark.cli_args import Spec, UsageError, fail
-from benchmark.cli_args import parse as parse_args
 from benchmark.concepts.fetch import fetch, pinned_checksums
 from benchmark.concepts.images import image_files
 from benchmark.concepts.manifest import get_concept, load_manifest
 from benchmark.concepts.validate import format_reports, validate_folder
-from benchmark.errors import ConfigError
-from benchmark.registry import did_you_mean
+from benchmark.core.cli_args import Spec, UsageError, fail
+from benchmark.core.cli_args import parse as parse_args
+from benchmark.core.errors import ConfigError
+from benchmark.core.registry import did_you_mean
 
 DEFAULT_DATA = os.environ.get("DVAR_DATA", "data")
 
@@ -130,7 +130,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace | None:
     if data.exists() and not data.is_dir():
         raise ConfigError(f"data={data}: a file, not a folder; give the data root that holds the <concept>/ folders.")
     if p.command == "fetch":
-        from benchmark.records import writable
+        from benchmark.core.fs import writable
 
         if not writable(data):
             raise ConfigError(f"data={data}: cannot be written by this user (or lies on a read-only or system "

@@ -28,8 +28,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark.concepts.manifest import CONCEPTS_DIR, Concept
-from benchmark.checksums import sha256
-from benchmark.errors import ConfigError
+from benchmark.core.checksums import sha256
+from benchmark.core.errors import ConfigError
 
 DREAMBOOTH_COMMIT = "4f887af7970a06fc0cd3adaa1d0b368547d6a1d0"
 DREAMBOOTH_URL = "https://raw.githubusercontent.com/google/dreambooth/{commit}/dataset/{folder}/{file}"

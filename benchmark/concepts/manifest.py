@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from benchmark.errors import ConfigError
-from benchmark.registry import unknown_name_error
+from benchmark.core.errors import ConfigError
+from benchmark.core.registry import unknown_name_error
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONCEPTS_DIR = PROJECT_ROOT / "concepts"

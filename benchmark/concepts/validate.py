@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmark.checksums import sha256
 from benchmark.concepts.images import IMAGE_SUFFIXES, decode_image, image_files
-from benchmark.errors import ConfigError
+from benchmark.core.checksums import sha256
+from benchmark.core.errors import ConfigError
 
 EXIF_ORIENTATION = 0x0112
 

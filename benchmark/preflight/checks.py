@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 
 
 def configs(jobs) -> list[str]:
-    from benchmark.config import validate
+    from benchmark.protocol.config import validate
 
     failing: dict[str, list[str]] = {}
     for job in jobs:
@@ -78,12 +78,12 @@ def weights_load(overrides: list[str]) -> tuple[list[str], list[str]]:
 def class_images(cfgs: list[dict]) -> tuple[list[str], int]:
     """Custom Diffusion's class images: a given folder must hold them; generated ones must be in the
     cache or the cache writable. Returns (problems, images still to generate)."""
-    from benchmark.backbone import built_folder, resolve_pretrained
-    from benchmark.class_images import generated_folder
     from benchmark.concepts.images import image_files
     from benchmark.concepts.manifest import get_concept
-    from benchmark.config import cache_root
-    from benchmark.runs import writable
+    from benchmark.core.fs import writable
+    from benchmark.engine.backbone import built_folder, resolve_pretrained
+    from benchmark.engine.class_images import generated_folder
+    from benchmark.protocol.config import cache_root
 
     problems, missing = [], {}
     for cfg in cfgs:
@@ -112,7 +112,7 @@ def class_images(cfgs: list[dict]) -> tuple[list[str], int]:
 
 
 def results_folder(results: Path) -> list[str]:
-    from benchmark.runs import writable
+    from benchmark.core.fs import writable
 
     if writable(results):
         return []

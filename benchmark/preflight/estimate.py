@@ -2,7 +2,7 @@
 
 A timing profile (`slurm/a100.timing.yaml`, next to the Slurm launcher profile that names it) holds
 per method the seconds of one update, of one L_det pass over 8 items, and of sampling and scoring
-one evaluation image at 50 steps, measured by `python -m benchmark.bench --record FILE` on that GPU.
+one evaluation image at 50 steps, measured by `python -m benchmark.measure.bench --record FILE` on that GPU.
 A run's time on its own is then
 
     setup + updates x update + L_det passes x ldet + evaluated images x image (+ its class images)
@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.errors import ConfigError, read_yaml
+from benchmark.core.errors import ConfigError, read_yaml
 
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "analysis" / "paper_tables.csv"
 PAPER_NAMES = {"textual_inversion": "Textual Inversion", "dreambooth_lora": "DreamBooth-LoRA",
@@ -58,7 +58,7 @@ class Profile:
         if not self.fallbacks:
             return None
         return (f"warning: {', '.join(sorted(self.fallbacks))} not in {self.path}; priced as its slowest method, "
-                f"key by key. Record it: `python -m benchmark.bench --record {self.path} --methods "
+                f"key by key. Record it: `python -m benchmark.measure.bench --record {self.path} --methods "
                 f"{' '.join(sorted(self.fallbacks))}`.")
 
 
@@ -66,7 +66,7 @@ def load_profile(path: Path) -> Profile:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"timing profile {path} does not exist; record one on the target GPU with "
-                          f"`python -m benchmark.bench model=sd15 metrics=real --record {path}`.")
+                          f"`python -m benchmark.measure.bench model=sd15 metrics=real --record {path}`.")
     raw = read_yaml(path, "a timing profile") or {}
     try:
         methods = {m: {k: float(v[k]) for k in METHOD_KEYS} for m, v in raw["methods"].items()}
@@ -108,9 +108,9 @@ def _evaluations(strategy: dict, updates: float) -> float:
 
 def ldet_steps(cfg: dict, updates: float, start: int = 0) -> set[int]:
     """The steps after `start` (and step 0 itself for a pass from 0) at which a run computes L_det
-    (benchmark.config.logs_ldet: what its criterion watches and what `ldet.log` adds)."""
-    from benchmark.config import logs_ldet
-    from benchmark.strategies import strategy_class
+    (benchmark.protocol.config.logs_ldet: what its criterion watches and what `ldet.log` adds)."""
+    from benchmark.protocol.config import logs_ldet
+    from benchmark.protocol.strategies import strategy_class
 
     watched = strategy_class(cfg["strategy"]["name"]).needs_ldet
     first = start + 1 if start else 0
@@ -157,7 +157,7 @@ class TrajectoryCost:
 def _pass_seconds(members: list[tuple[dict, float, int]], profile: Profile, n_val_prompts: int) -> float:
     """One pass along a trajectory observed by `members` = (config, expected updates, start step),
     setup aside."""
-    from benchmark.config import ldet_variant
+    from benchmark.protocol.config import ldet_variant
 
     cfg0 = members[0][0]
     m = profile.method(cfg0["method"]["name"])

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 from benchmark.preflight import checks
-from benchmark.preflight.estimate import (PAPER_NAMES, RunCost, TrajectoryCost, class_image_seconds, load_profile,
-                                          paper_table1, run_cost, time_limit_min, trajectory_cost)
+from benchmark.preflight.estimate import (
+    PAPER_NAMES,
+    RunCost,
+    TrajectoryCost,
+    class_image_seconds,
+    load_profile,
+    paper_table1,
+    run_cost,
+    time_limit_min,
+    trajectory_cost,
+)
 
 
 @dataclass
@@ -54,8 +62,8 @@ def estimate(jobs, launcher: dict, missing_class_images: int, runs_per_job: int 
     """(the cost of each run on its own, of each trajectory as the sweep trains it, of the class
     images, the profile), or empty costs when the launcher's profile does not cover the model."""
     from benchmark.concepts.manifest import get_concept
-    from benchmark.config import trajectory_id
-    from benchmark.provenance import project_path
+    from benchmark.core.provenance import project_path
+    from benchmark.protocol.config import trajectory_id
 
     if not launcher.get("timing"):
         return [], [], 0.0, None

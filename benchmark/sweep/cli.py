@@ -13,14 +13,30 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.cli_args import Spec, UsageError, as_list, as_number, fail
-from benchmark.cli_args import parse as parse_args
-from benchmark.config import CONF_DIR
-from benchmark.errors import ConfigError, boolean, integer, number, read_yaml
-from benchmark.registry import did_you_mean
-from benchmark.sweep.plan import (GRID_KEYS, Composer, Job, available_experiments, expand, load_experiment,
-                                  read_submissions, record_derivation, record_submissions, resolve_derived,
-                                  settled_trajectories, statuses, trajectories, waiting_trajectories, write_plan)
+from benchmark.core.cli_args import Spec, UsageError, as_list, as_number, fail
+from benchmark.core.cli_args import parse as parse_args
+from benchmark.core.errors import ConfigError, boolean, integer, number, read_yaml
+from benchmark.core.registry import did_you_mean
+from benchmark.protocol.config import CONF_DIR
+from benchmark.protocol.experiments import (
+    GRID_KEYS,
+    Composer,
+    Job,
+    available_experiments,
+    expand,
+    load_experiment,
+)
+from benchmark.sweep.plan import (
+    read_submissions,
+    record_derivation,
+    record_submissions,
+    resolve_derived,
+    settled_trajectories,
+    statuses,
+    trajectories,
+    waiting_trajectories,
+    write_plan,
+)
 
 log = logging.getLogger("dvar")
 STATES = ("done", "damaged", "failed", "cancelled", "running", "requeued", "queued", "pending", "waiting")
@@ -123,8 +139,8 @@ def plan(args) -> tuple[dict, list[Job], dict, Composer]:
         launcher.update(read_profile(args.profile))
     check_launcher(launcher)
     if launcher.get("timing") and args.command != "status":  # a file the launcher names, read by the preflight
+        from benchmark.core.provenance import project_path
         from benchmark.preflight.estimate import load_profile
-        from benchmark.provenance import project_path
 
         load_profile(project_path(launcher["timing"]))
     results = Path(any_cfg["paths"]["results"]).expanduser()
@@ -193,7 +209,11 @@ def check_results(results: Path) -> None:
 
 def preflight(exp: dict, jobs: list[Job], env: dict, args) -> bool:
     """Print the preflight listing and the estimate; whether the sweep may start."""
-    from benchmark.preflight.preflight import format_estimate, format_problems, run_preflight
+    from benchmark.preflight.preflight import (
+        format_estimate,
+        format_problems,
+        run_preflight,
+    )
 
     pf = run_preflight(jobs, env, args.overrides, exp.get("runs_per_job"))
     print("\n".join(["preflight:", *pf.lines, *format_estimate(pf, env["launcher"], args.command == "preflight")]))
@@ -218,7 +238,7 @@ def print_status(exp: dict, jobs: list[Job], states: list[str], results: Path, d
     submitted = read_submissions(results, exp["name"])
     failed = [j for j, s in zip(jobs, states) if s in ("failed", "cancelled")]
     if failed:
-        from benchmark.runs import read_row
+        from benchmark.store.runs import read_row
 
         print("\nfailed or cancelled runs (rerun with --rerun-failed):")
         for j in failed:
@@ -249,7 +269,7 @@ def to_run(jobs: list[Job], states: list[str], rerun_failed: bool) -> list[Job]:
 
 
 def run_local(exp, jobs, env, composer, args) -> int:
-    from benchmark.snapshots import release_snapshots
+    from benchmark.engine.snapshots import release_snapshots
     from benchmark.sweep.local import execute
 
     failures, tried = [], set()  # phase 2 runs the derived Few-iters, not again what failed in phase 1
@@ -340,7 +360,8 @@ def run_slurm(exp, jobs, env, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmark.run import check_groups, setup_logging
+    from benchmark.core.cli_args import setup_logging
+    from benchmark.protocol.config import check_groups
 
     try:
         args = parse(argv)
@@ -360,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         exp, jobs, env, composer = plan(args)
         derived = resolve_derived(jobs, env["results"], composer)
         if args.command == "status":  # read only: status writes nothing
-            from benchmark.config import validate
+            from benchmark.protocol.config import validate
 
             for job in jobs:  # the preflight lists config problems with the rest; status refuses them
                 if job.cfg is not None:

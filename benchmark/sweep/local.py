@@ -1,7 +1,7 @@
 """Run a sweep on this machine: trajectory by trajectory, phase 1 then the derived Few-iters;
 past failures.
 
-Each job is one trajectory: the runs that share it are trained together (benchmark.train). With
+Each job is one trajectory: the runs that share it are trained together (benchmark.engine.train). With
 `launcher.workers=1` (default) jobs go one after another in this process and share the loaded
 backbone and metric models. More workers run in parallel processes (each shares within itself);
 torch threads are divided among them.
@@ -17,13 +17,13 @@ from multiprocessing import get_context
 
 from tqdm.auto import tqdm
 
-from benchmark.runs import Busy
+from benchmark.store.runs import Busy
 
 log = logging.getLogger("dvar")
 
 
 def _run(cfgs: list[dict], keep_snapshots: bool | None) -> list[dict]:
-    from benchmark.train import run_trajectory
+    from benchmark.engine.train import run_trajectory
 
     return run_trajectory([{**cfg, "progress": False} for cfg in cfgs], share_models=True,
                           keep_snapshots=keep_snapshots)
@@ -46,7 +46,7 @@ def die_with_parent() -> None:
 def _init_worker(threads: int) -> None:
     import torch
 
-    from benchmark.run import setup_logging
+    from benchmark.core.cli_args import setup_logging
 
     die_with_parent()
     torch.set_num_threads(threads)

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import submitit
 
-from benchmark.config import run_id
-from benchmark.runs import Busy
-from benchmark.sweep.plan import Composer, Job, derived_steps, record_derivation, record_derived_run, runs_table
+from benchmark.protocol.config import run_id
+from benchmark.protocol.experiments import Composer, Job
+from benchmark.store.runs import Busy
+from benchmark.sweep.plan import (
+    derived_steps,
+    record_derivation,
+    record_derived_run,
+    runs_table,
+)
 
 # launcher config key → submitit AutoExecutor parameter
 PARAMS = {
@@ -34,8 +40,8 @@ class SlurmRun(submitit.helpers.Checkpointable):
     payload; the trajectory finds its own snapshots on disk and continues from them."""
 
     def __call__(self, payload: dict) -> list[str]:
-        from benchmark.run import setup_logging
-        from benchmark.train import run_trajectory
+        from benchmark.core.cli_args import setup_logging
+        from benchmark.engine.train import run_trajectory
 
         setup_logging()
         os.environ.setdefault("TQDM_MININTERVAL", "30")

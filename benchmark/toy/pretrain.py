@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.checksums import write_sums
+from benchmark.core.checksums import write_sums
 from benchmark.toy import world
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -135,7 +135,7 @@ def train_denoiser(pixels: torch.Tensor, captions: list[str], vae, tokenizer, cf
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from benchmark.objective import diffusion_target
+    from benchmark.engine.objective import diffusion_target
 
     t, u = cfg["text"], cfg["unet"]
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -234,7 +234,7 @@ def pretrain(out: Path, scale: str = "full", seed: int = 0) -> dict:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from safetensors.torch import save_file
 
-    from benchmark.tokenizer import build_clip_tokenizer, save_clip_tokenizer
+    from benchmark.engine.tokenizer import build_clip_tokenizer, save_clip_tokenizer
     from benchmark.toy.checks import prompt_following
 
     cfg = config(scale, seed)

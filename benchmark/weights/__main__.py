@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from benchmark.cli_args import Spec, UsageError, fail
-from benchmark.cli_args import parse as parse_args
-from benchmark.errors import ConfigError
+from benchmark.core.cli_args import Spec, UsageError, fail
+from benchmark.core.cli_args import parse as parse_args
+from benchmark.core.errors import ConfigError
 from benchmark.weights.check import check_loads
 from benchmark.weights.files import required
 
@@ -42,8 +42,7 @@ examples:
 
 def configs_for(overrides: list[str]) -> list[dict]:
     """The run configs of an experiment (experiment=NAME among the overrides) or of one run, validated."""
-    from benchmark.config import compose, validate
-    from benchmark.run import check_groups
+    from benchmark.protocol.config import check_groups, compose, validate
 
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
@@ -51,7 +50,7 @@ def configs_for(overrides: list[str]) -> list[dict]:
     if not names:
         cfgs = [compose(rest)]
     else:
-        from benchmark.sweep.plan import expand, load_experiment
+        from benchmark.protocol.experiments import expand, load_experiment
 
         cfgs = [job.cfg for job in expand(load_experiment(names[-1]), rest) if job.cfg is not None]
     for cfg in cfgs:

@@ -34,10 +34,10 @@ def check_loads(cfgs: list[dict]) -> list[str]:
 def model_problems(cfg: dict) -> list[str]:
     """The base model loaded as a run loads it. A model built from config is loaded once it is built;
     the check builds nothing."""
-    from benchmark.backbone import built_folder, load_backbone
-    from benchmark.checksums import shipped_problems
-    from benchmark.config import cache_root
-    from benchmark.provenance import project_path
+    from benchmark.core.checksums import shipped_problems
+    from benchmark.core.provenance import project_path
+    from benchmark.engine.backbone import built_folder, load_backbone
+    from benchmark.protocol.config import cache_root
 
     model, name = cfg["model"], f"model {cfg['model']['name']}"
     if model.get("build"):
@@ -86,7 +86,7 @@ def component_problems(source: str, model: dict) -> list[str]:
 
 def metric_files(metrics: dict) -> list[tuple[str, Path]]:
     """(config key, path) of every local file the metric models read."""
-    from benchmark.provenance import project_path
+    from benchmark.core.provenance import project_path
     from benchmark.weights.files import _looks_like_path
 
     clip, dino = metrics["clip"], metrics["dino"]
@@ -103,7 +103,7 @@ def metric_files(metrics: dict) -> list[tuple[str, Path]]:
 
 def file_problems(key: str, path: Path) -> list[str]:
     """A local file named by `key`: missing, or changed from the checksums it ships with."""
-    from benchmark.checksums import shipped_problems
+    from benchmark.core.checksums import shipped_problems
 
     broken = shipped_problems(path)
     if broken:
@@ -119,7 +119,7 @@ def metrics_problems(cfg: dict) -> list[str]:
 
     import torch
 
-    from benchmark.metrics import MetricModels
+    from benchmark.engine.metrics import MetricModels
 
     metrics = cfg["metrics"]
     label = f"metrics {metrics['clip']['arch']} / {metrics['dino']['arch']} / lpips-{metrics['lpips']['net']}"

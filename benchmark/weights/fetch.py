@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 from benchmark.weights.files import WeightFile, torch_hub_dir
 
 

@@ -96,7 +96,7 @@ def _looks_like_path(value: str) -> bool:
 
 
 def model_files(model_cfg: dict) -> list[WeightFile]:
-    from benchmark.provenance import project_path
+    from benchmark.core.provenance import project_path
 
     source = model_cfg.get("pretrained")
     if not source or model_cfg.get("build") or project_path(str(source)).is_dir() or _looks_like_path(str(source)):
@@ -109,7 +109,7 @@ def model_files(model_cfg: dict) -> list[WeightFile]:
 
 
 def clip_files(clip_cfg: dict) -> list[WeightFile]:
-    from benchmark.provenance import project_path
+    from benchmark.core.provenance import project_path
 
     tag = clip_cfg.get("pretrained")
     if not tag:
@@ -134,7 +134,7 @@ def clip_files(clip_cfg: dict) -> list[WeightFile]:
 
 
 def dino_files(dino_cfg: dict) -> list[WeightFile]:
-    from benchmark.provenance import project_path
+    from benchmark.core.provenance import project_path
 
     if dino_cfg.get("checkpoint"):
         local = str(project_path(dino_cfg["checkpoint"]))

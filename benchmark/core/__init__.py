@@ -1,0 +1,1 @@
+"""Errors, registries, the CLI convention, provenance and checksums: what every layer uses."""
