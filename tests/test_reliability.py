@@ -196,6 +196,14 @@ def test_a_corrupt_snapshot_leaves_a_failed_row_and_a_log_line(tmp_path):
     assert "unreadable snapshot" in log
 
 
+def is_worker(process):
+    """A sweep worker; a child that already exited (the preflight's, a zombie until reaped) is not."""
+    try:
+        return "spawn_main" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
 def test_killing_a_two_worker_sweep_leaves_no_process(tmp_path):
     exp = experiment(tmp_path, strategies=("dvar",))
     text = exp.read_text().replace("seed: [59, 60]", "seed: [59, 60, 61, 62, 63, 64]").replace(
@@ -207,8 +215,7 @@ def test_killing_a_two_worker_sweep_leaves_no_process(tmp_path):
     deadline = time.time() + 120
     workers = []
     while time.time() < deadline and len(workers) < 2:
-        workers = psutil.Process(sweep_proc.pid).children(recursive=True)
-        workers = [w for w in workers if "spawn_main" in " ".join(w.cmdline())]
+        workers = [w for w in psutil.Process(sweep_proc.pid).children(recursive=True) if is_worker(w)]
         time.sleep(0.2)
     assert len(workers) == 2, "the sweep started two workers"
     time.sleep(3)  # the workers are training
