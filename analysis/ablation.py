@@ -24,11 +24,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from analysis.figures import save
+from analysis.load import completed_runs, evals_of, steps_of
+from analysis.tables import paper
 
 SOURCES = ("images", "captions", "latents", "noise", "timesteps")
 LOSSES = {"l_det_begin": "Begin (0-333)", "l_det_middle": "Middle (333-666)", "l_det_end": "End (666-1000)",
@@ -75,8 +78,6 @@ def tnr_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
 def loss_grid(runs: pd.DataFrame, steps: pd.DataFrame, path: Path) -> list[Path]:
     """Fig. 5 / Fig. 8: one panel per (resampled source, effective batch), L_det over steps per concept,
     each curve scaled to [0, 1] so concepts share an axis."""
-    import matplotlib.pyplot as plt
-
     runs = with_variants(runs)
     rows = [v for v in ["none", *SOURCES] if v in set(runs.resampled)] + \
         sorted(set(runs.resampled) - {"none", *SOURCES})
@@ -190,9 +191,6 @@ def table4_markdown(t4: pd.DataFrame, paper: pd.DataFrame | None = None) -> str:
 
 def write(results: Path, experiment: str, out: Path) -> dict[str, Path]:
     """The ablation outputs that the experiment's records support."""
-    from analysis.load import completed_runs, evals_of, steps_of
-    from analysis.tables import paper
-
     out.mkdir(parents=True, exist_ok=True)
     runs = completed_runs(results, experiment)
     steps = steps_of(results, experiment, runs.run_id)

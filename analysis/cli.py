@@ -3,12 +3,23 @@ experiment's records; criterion replay (`--help` explains every command and key)
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
+from analysis.load import completed_runs, evals_of, runs_and_left_out, steps_of
+from analysis.replay import (
+    CRITERIA,
+    check_grid,
+    grid_search,
+    strided_summary,
+    strided_vs_every_step,
+    traces,
+)
+from analysis.tables import write_tables
 from benchmark.core.cli_args import (
     Spec,
     UsageError,
@@ -20,6 +31,9 @@ from benchmark.core.cli_args import (
 )
 from benchmark.core.cli_args import parse as parse_args
 from benchmark.core.errors import ConfigError, integer, number
+from benchmark.core.fs import writable
+from benchmark.core.registry import did_you_mean
+from benchmark.protocol.strategies import PROPOSED, REFERENCE, replay_strategy
 
 PROG = "python -m analysis"
 _COMMON = ("experiment", "results", "out")
@@ -76,8 +90,6 @@ examples:
 
 
 def help_text() -> str:
-    from analysis.replay import CRITERIA
-
     by_keys: dict[tuple, list[str]] = {}
     for name, keys in CRITERIA.items():
         by_keys.setdefault(tuple(keys), []).append(name)
@@ -94,30 +106,26 @@ def numbers(key: str, value: str, kind=float) -> list:
 
 def replay_grid(options: dict, criterion: str) -> dict[str, list]:
     """The criterion's hyperparameters among the options: KEY=V1,V2,... each."""
-    from analysis.replay import CRITERIA
-    from benchmark.core.registry import did_you_mean
-
-    if criterion not in CRITERIA:
-        raise UsageError(f"criterion={criterion}: not a criterion; choose from {', '.join(CRITERIA)}."
-                         + did_you_mean(criterion, CRITERIA))
+    if criterion not in CRITERIA and ":" not in criterion:  # FILE.py:Class: a criterion of one's own
+        raise UsageError(f"criterion={criterion}: not a criterion; choose from {', '.join(CRITERIA)}, or give "
+                         "FILE.py:Class." + did_you_mean(criterion, CRITERIA))
+    keys = replay_strategy(criterion).replay_keys
     grid = {}
     for key, value in options.items():
         if key in SPECS["replay"].keys:
             continue
-        if key not in CRITERIA[criterion]:
-            raise UsageError(f"unknown key `{key}`: {criterion} takes {', '.join(CRITERIA[criterion])}."
-                             + did_you_mean(key, CRITERIA[criterion]) + f" (see `{PROG} --help`)")
-        grid[key] = numbers(key, value, CRITERIA[criterion][key])
-    if not grid:
+        if key not in keys:
+            raise UsageError(f"unknown key `{key}`: {criterion} takes {', '.join(keys)}."
+                             + did_you_mean(key, keys) + f" (see `{PROG} --help`)")
+        grid[key] = numbers(key, value, keys[key])
+    if not grid and keys:
         raise UsageError(f"give the grid: {PROG} replay criterion={criterion} "
-                         + " ".join(f"{k}=V1,V2" for k in CRITERIA[criterion]))
+                         + " ".join(f"{k}=V1,V2" for k in keys))
     return grid
 
 
 def check_folders(results: Path, out: Path, given_out: bool) -> None:
     """results= a folder this user can read, out= a folder that can be written: refused before anything is read."""
-    from benchmark.core.fs import writable
-
     def exists(path: Path) -> bool:
         try:
             return path.exists()
@@ -141,9 +149,6 @@ def check_folders(results: Path, out: Path, given_out: bool) -> None:
 
 def logged_traces(results: Path, experiment: str, strategy: str):
     """(runs, traces) of the experiment's completed runs of `strategy`, the input of replays."""
-    from analysis.load import completed_runs, evals_of, steps_of
-    from analysis.replay import traces
-
     progress(f"reading the {strategy} runs of {experiment} under {results}")
     runs = completed_runs(results, experiment)
     runs = runs[runs.strategy == strategy]
@@ -165,23 +170,24 @@ def main(argv: list[str] | None = None) -> int:
         check_folders(results, out, given_out=bool(args.get("out")))
         t0 = time.perf_counter()
         if args.command == "report":
-            from analysis.report import build
+            from analysis.report import (
+                build,  # matplotlib: tables and replay start without it
+            )
 
             files = build(results, experiment, out, progress=progress)
             progress(f"done in {time.perf_counter() - t0:.0f} s")
             print((out / "table1.md").read_text())
             print(f"wrote {len(files)} files to {out}; open {out / 'report.html'}")
         elif args.command == "ablation":
-            from analysis.ablation import write
+            from analysis.ablation import (
+                write,  # matplotlib: tables and replay start without it
+            )
 
             progress(f"reading the records of {experiment} and writing the ablation tables and figures")
             files = write(results, experiment, out)
             print((out / "ablation.md").read_text())
             print(f"wrote {', '.join(sorted(files))} to {out}")
         elif args.command == "tables":
-            from analysis.load import runs_and_left_out
-            from analysis.tables import write_tables
-
             progress(f"reading the runs of {experiment} under {results}")
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
@@ -192,25 +198,17 @@ def main(argv: list[str] | None = None) -> int:
             print((out / "table3.md").read_text())
             print(f"wrote {', '.join(sorted(files))} to {out}")
         elif args.command == "strided":
-            import json
-
-            from analysis.replay import (
-                check_grid,
-                strided_summary,
-                strided_vs_every_step,
-            )
-
             every = numbers("every", args.get("every", "2,5,10"), int)
             window = as_number("window", args["window"], int) if args.get("window") else None
             threshold = as_number("threshold", args["threshold"]) if args.get("threshold") else None
-            check_grid("dvar", {"every": every, **({"window": [window]} if window is not None else {}),
+            check_grid(PROPOSED, {"every": every, **({"window": [window]} if window is not None else {}),
                                 **({"threshold": [threshold]} if threshold is not None else {})}, complete=False)
-            runs, ts = logged_traces(results, experiment, args.get("strategy", "baseline"))
+            runs, ts = logged_traces(results, experiment, args.get("strategy", REFERENCE))
             params = {}
             for r in runs.itertuples():
-                dvar = json.loads(r.config_json)["method"]["protocol"]["dvar"]
+                dvar = json.loads(r.config_json)["method"]["protocol"][PROPOSED]
                 params[r.run_id] = {"window": window or dvar["window"], "threshold": threshold or dvar["threshold"]}
-            check_grid("dvar", {"every": every, "window": sorted({p["window"] for p in params.values()})}, complete=False)
+            check_grid(PROPOSED, {"every": every, "window": sorted({p["window"] for p in params.values()})}, complete=False)
             progress(f"replaying DVAR on {len(ts)} traces at strides {', '.join(map(str, every))}")
             rows = strided_vs_every_step(ts, params, every)
             out.mkdir(parents=True, exist_ok=True)
@@ -220,10 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
             print(f"\nper trace: {out / 'strided_dvar.csv'}")
         else:
-            from analysis.replay import check_grid, grid_search
-
-            criterion = require(args, "criterion", PROG, f"replay experiment={experiment} criterion=dvar|clip_s|"
-                                                         "ema|hall|trend|trend_relative|fixed KEY=V1,V2 ...")
+            criterion = require(args, "criterion", PROG, f"replay experiment={experiment} criterion="
+                                                         f"{'|'.join(CRITERIA)}|FILE.py:Class KEY=V1,V2 ...")
             grid = replay_grid(args.options, criterion)
             check_grid(criterion, grid)
             fraction = number("tuning_fraction", as_number("tuning_fraction", args.get("tuning_fraction", "0.5")), 0, 1,
@@ -231,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             target = number("target", as_number("target", args.get("target", "0.9")), 0, 1, open_lo=True,
                             note="the share of the best train CLIP img to retain")
             seed = integer("seed", as_number("seed", args.get("seed", "0"), int), 0, 2**31 - 1)
-            _, ts = logged_traces(results, experiment, args.get("strategy", "baseline"))
+            _, ts = logged_traces(results, experiment, args.get("strategy", REFERENCE))
             if args.get("method"):
                 ts = [t for t in ts if t.method == args["method"]]
                 if not ts:
@@ -242,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"replaying {criterion} on {len(ts)} traces: {combos} combinations")
             table = grid_search(ts, criterion, grid, fraction, seed, target)
             out.mkdir(parents=True, exist_ok=True)
-            path = out / f"replay_{criterion}{'_' + args['method'] if args.get('method') else ''}.csv"
+            name = replay_strategy(criterion).replay_name if ":" in criterion else criterion  # not a file's path
+            path = out / f"replay_{name}{'_' + args['method'] if args.get('method') else ''}.csv"
             table.to_csv(path, index=False, float_format="%.6g")
             print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
             print(f"\nchosen on the tuning concepts (target retained >= {target}); held-out columns are the "

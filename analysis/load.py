@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.protocol.strategies import display_names
 from benchmark.store import records
 
 METHOD_NAMES = {"textual_inversion": "Textual Inversion", "dreambooth_lora": "DreamBooth-LoRA",
                 "custom_diffusion": "Custom Diffusion"}
-STRATEGY_NAMES = {"baseline": "Baseline", "clip_s": "CLIP-s", "few_iters_mean": "Few iters (mean)",
-                  "few_iters_max": "Few iters (max)", "few_iters": "Few iters", "dvar": "DVAR"}
+STRATEGY_NAMES = display_names()  # the tables' names and order, each strategy's own (its `display_name`)
 
 
 def order(values, reference: dict) -> list:

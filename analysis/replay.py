@@ -21,27 +21,19 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmark.core.errors import ConfigError, integer, number
-from benchmark.protocol.stopping import (
-    DVAR,
-    ClipS,
-    EMAPercentile,
-    Hall,
-    Trend,
-    TrendRelative,
-)
+from benchmark.core.errors import ConfigError
+from benchmark.protocol.strategies import PROPOSED, replay_strategies, replay_strategy
 
 QUALITY = ("train_clip_img", "val_clip_img", "val_clip_txt", "dino", "div")
-WINDOW_CRITERIA = {"ema": EMAPercentile, "hall": Hall, "trend": Trend, "trend_relative": TrendRelative}
-CRITERIA = {
-    "dvar": {"window": int, "threshold": float, "every": int},
-    "clip_s": {"patience": int, "eps": float, "every": int},
-    "ema": {"window": int, "threshold": float},
-    "hall": {"window": int, "threshold": float},
-    "trend": {"window": int, "threshold": float},
-    "trend_relative": {"window": int, "threshold": float},
-    "fixed": {"steps": int},
-}
+
+
+def criteria() -> dict[str, dict[str, type]]:
+    """Replay name -> the keys its grid sets, for every strategy of the one registry a replay can run
+    (a criterion file, criterion=FILE.py:Class, comes on top)."""
+    return {name: dict(cls.replay_keys) for name, cls in replay_strategies().items()}
+
+
+CRITERIA = criteria()
 
 
 @dataclass
@@ -82,40 +74,25 @@ def traces(runs: pd.DataFrame, steps: pd.DataFrame, evals: pd.DataFrame) -> list
 
 
 def _params(criterion: str, params: dict) -> dict:
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion '{criterion}'; choose from {', '.join(CRITERIA)}")
-    unknown = set(params) - set(CRITERIA[criterion])
+    keys = replay_strategy(criterion).replay_keys
+    unknown = set(params) - set(keys)
     if unknown:
-        raise ConfigError(f"{criterion} takes {', '.join(CRITERIA[criterion])} (got {sorted(unknown)})")
-    return {k: CRITERIA[criterion][k](v) for k, v in params.items()}
+        raise ConfigError(f"{criterion} takes {', '.join(keys)} (got {sorted(unknown)})")
+    return {k: keys[k](v) for k, v in params.items()}
 
 
 def check_grid(criterion: str, grid: dict[str, list], complete: bool = True) -> None:
-    """A replay grid's values, named by their keys, before any trace is read: the live criteria's
-    ranges, a strided DVAR window longer than the stride, and (`complete`) every hyperparameter but
-    `every` given."""
-    from benchmark.protocol.strategies import MAX_STEPS
-
-    missing = [k for k in CRITERIA[criterion] if k != "every" and k not in grid]
+    """A replay grid's values, named by their keys, before any trace is read: the live strategy's
+    ranges, its checks across keys (a strided DVAR window longer than the stride), and (`complete`)
+    every hyperparameter it needs given."""
+    cls = replay_strategy(criterion)
+    missing = [k for k in cls.required_replay_keys() if k not in grid]
     if complete and missing:
         raise ConfigError(f"replay criterion={criterion} needs {' '.join(f'{k}=V1,V2' for k in missing)} too.")
-    ranges = {
-        "window": lambda v: integer("window", v, 2, MAX_STEPS, "the window counts steps"),
-        "every": lambda v: integer("every", v, 1, MAX_STEPS),
-        "patience": lambda v: integer("patience", v, 0, MAX_STEPS),
-        "steps": lambda v: integer("steps", v, 1, MAX_STEPS),
-        "eps": lambda v: number("eps", v, 0, 1),
-        "threshold": (lambda v: number("threshold", v, 0, 1, open_lo=True, open_hi=True)) if criterion == "dvar"
-        else (lambda v: number("threshold", v, 0, 1e6, open_lo=True)),
-    }
     for key, values in grid.items():
         for value in values:
-            ranges[key](value)
-    if criterion == "dvar":
-        for window, every in itertools.product(grid.get("window", []), grid.get("every", [1])):
-            if math.ceil(window / every) < 2:
-                raise ConfigError(f"window={window} holds one L_det value at every={every} (the window counts steps); "
-                                  "DVAR needs two at least: give windows above every.")
+            cls.check_value(key, key, value)
+    cls.check_replay_grid(grid)
 
 
 def _quality_at(trace: Trace, step: int) -> pd.Series:
@@ -147,38 +124,43 @@ def ldet_sequence(trace: Trace, every: int) -> list[tuple[int, float]]:
 
 
 def replay(trace: Trace, criterion: str, params: dict) -> dict:
-    """Stop step (and whether the criterion fired) and the quality reported at that step."""
-    p = _params(criterion, params)
-    stopped, stop = False, trace.length
-    if criterion == "fixed":
-        if p["steps"] > trace.length:
-            raise ConfigError(f"run {trace.run_id}: trace has {trace.length} steps, fixed needs {p['steps']}")
-        stopped, stop = True, p["steps"]
-    elif criterion == "clip_s":
-        every = p.get("every", 50)
-        checks = trace.evals[(trace.evals.step > 0) & (trace.evals.step % every == 0)]
-        expected = set(range(every, trace.length + 1, every))
+    """Stop step (and whether the criterion fired) and the quality reported at that step: the live
+    strategy object itself, fed the trace as the loop feeds it (its L_det values after each update, its
+    evaluations at its schedule)."""
+    cls = replay_strategy(criterion)
+    cfg, every = cls.replay_config(_params(criterion, params))
+    strategy = cls(cfg, every)
+    if not strategy.stops_early:  # a fixed budget (Few-iters): nothing to decide
+        if strategy.max_steps > trace.length:
+            raise ConfigError(f"run {trace.run_id}: trace has {trace.length} steps, {criterion} needs "
+                              f"{strategy.max_steps}")
+        return _result(trace, strategy.max_steps, True, strategy.max_steps)
+    stop, best_step, best = None, None, -math.inf
+    if strategy.evaluates_in_loop:
+        checks = trace.evals[(trace.evals.step > 0) & trace.evals.step.map(strategy.eval_due)]
+        expected = strategy.eval_steps(trace.length)
         if set(checks.step) != expected:
-            raise ConfigError(f"run {trace.run_id}: CLIP-s every {every} needs evaluations at every multiple of "
-                              f"{every}; the trace has them at {sorted(set(trace.evals.step))[:8]}...")
-        c = ClipS(p["patience"], p["eps"])
-        best_step, best = None, -math.inf
+            raise ConfigError(f"run {trace.run_id}: {criterion} every {strategy.eval_every} needs evaluations at every "
+                              f"multiple of {strategy.eval_every}; the trace has them at "
+                              f"{sorted(set(trace.evals.step))[:8]}...")
         for r in checks.itertuples():
-            if r.train_clip_img > best:
-                best_step, best = int(r.step), r.train_clip_img
-            if c.update(int(r.step), r.train_clip_img):
-                stopped, stop = True, int(r.step)
+            scores = r._asdict()
+            if scores["train_clip_img"] > best:
+                best_step, best = int(r.step), scores["train_clip_img"]
+            if strategy.after_evaluation(int(r.step), scores):
+                stop = int(r.step)
                 break
-        quality = _quality_at(trace, best_step if best_step is not None else stop)
-        return {"stop_step": stop, "stopped": stopped, "reported_step": int(quality.eval_step), **quality[list(QUALITY)]}
     else:
-        every = p.pop("every", 1)
-        c = DVAR(stride=every, **p) if criterion == "dvar" else WINDOW_CRITERIA[criterion](p["window"], p["threshold"])
         for step, value in ldet_sequence(trace, every):
-            if c.update(step, value):
-                stopped, stop = True, step
+            if strategy.after_update(step, {"l_det": value}):
+                stop = step
                 break
-    quality = _quality_at(trace, stop)
+    stopped, stop = stop is not None, stop if stop is not None else trace.length
+    return _result(trace, stop, stopped, best_step if strategy.reports_best and best_step is not None else stop)
+
+
+def _result(trace: Trace, stop: int, stopped: bool, reported: int) -> dict:
+    quality = _quality_at(trace, reported)
     return {"stop_step": stop, "stopped": stopped, "reported_step": int(quality.eval_step), **quality[list(QUALITY)]}
 
 
@@ -237,9 +219,9 @@ def strided_vs_every_step(ts: list[Trace], params_by_run: dict[str, dict], strid
     rows = []
     for t in ts:
         p = params_by_run[t.run_id]
-        base = replay(t, "dvar", {**p, "every": 1})
+        base = replay(t, PROPOSED, {**p, "every": 1})
         for k in strides:
-            r = replay(t, "dvar", {**p, "every": k})
+            r = replay(t, PROPOSED, {**p, "every": k})
             rows.append({"method": t.method, "concept": t.concept, "seed": t.seed, "every": k,
                          "window": p["window"], "threshold": p["threshold"], "stop_every_step": base["stop_step"],
                          "stop_strided": r["stop_step"], "fired": base["stopped"] and r["stopped"],

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import yaml
+
 from benchmark.core.cli_args import Spec, UsageError, fail, setup_logging
 from benchmark.core.cli_args import parse as parse_args
 from benchmark.core.errors import ConfigError
@@ -15,9 +17,11 @@ from benchmark.protocol.config import (
     CONF_DIR,
     GROUPS,
     check_groups,
+    compose,
     default_option,
     group_options,
 )
+from benchmark.store.runs import Busy
 
 PROG = "python -m benchmark.run"
 SPECS = {None: Spec(switches=("force", "cfg"), overrides=True)}
@@ -148,19 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.help:
         print(help_text(), end="")
         return 0
-    from benchmark.protocol.config import compose
-    from benchmark.store.runs import Busy
 
     setup_logging()
     try:
         check_groups(args.overrides)
         cfg = compose(args.overrides)
         if "cfg" in args.switches:
-            import yaml
-
             print(yaml.safe_dump(cfg, sort_keys=False), end="")
             return 0
-        from benchmark.engine.train import run
+        from benchmark.engine.train import (
+            run,  # torch: --help and --cfg answer without it
+        )
 
         row = run(cfg, force="force" in args.switches)
     except ConfigError as err:

@@ -33,6 +33,7 @@ def test_trend_to_noise_separates_a_trend_from_noise():
     assert trend_to_noise(np.exp(-t / 200) + 0.02 * noise) > 10
 
 
+@pytest.mark.slow  # a sweep of the ablation grid
 def test_stochasticity_grid(tmp_path):
     results = tmp_path / "r"
     assert sweep(["experiment=ablation_stochasticity", *TINY, "strategy.steps=10", "ldet.batch_size=1",
@@ -48,6 +49,7 @@ def test_stochasticity_grid(tmp_path):
     assert len(tnr) == 21 and tnr.l_det.notna().all()
 
 
+@pytest.mark.slow  # a sweep of the ablation grid
 def test_eval_batch_sizes(tmp_path):
     results = tmp_path / "r"
     tiny = [o for o in TINY if not o.startswith("ldet.batch_size")]  # the variants set it
@@ -57,6 +59,7 @@ def test_eval_batch_sizes(tmp_path):
     assert "ldet_grid.png" in write(results, "ablation_eval_batch", tmp_path / "out")
 
 
+@pytest.mark.slow  # a sweep of the ablation grid
 def test_timestep_intervals_give_table4(tmp_path):
     results = tmp_path / "r"
     assert sweep(["experiment=ablation_timesteps", *TINY, "strategy.max_steps=12", "strategy.eval_every=2",

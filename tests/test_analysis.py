@@ -18,6 +18,9 @@ from benchmark.store import records
 from benchmark.sweep.cli import main as sweep
 from tests.helpers import PROJECT_ROOT, tiny_run_config
 
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
+
 
 # --- golden tables ---------------------------------------------------------------------------------
 def synthetic(results: Path, drop=()) -> None:
@@ -42,26 +45,40 @@ def synthetic(results: Path, drop=()) -> None:
 GOLD_MD_1 = """\
 | Method | Strategy | Train CLIP img | Val CLIP img | Val CLIP txt | Iterations | Time, min | n |
 |---|---|---:|---:|---:|---:|---:|---:|
-| Textual Inversion | Baseline | 0.800 ± 0.100 | 0.700 ± 0.100 | 0.200 ± 0.000 | 100.0 ± 0.0 | 1.50 ± 1.00 | 3 |
-| Textual Inversion | DVAR | 0.800 ± 0.100 | 0.700 ± 0.100 | 0.200 ± 0.000 | 50.0 ± 10.0 | 2.00 ± 1.00 | 3 |
-mean ± std over concepts (std ddof=1); n = concepts per cell
+| Textual Inversion | Baseline | 0.800 [0.700, 0.900] | 0.700 [0.600, 0.800] | 0.200 [0.200, 0.200] | 100.0 [100.0, 100.0] | 1.50 [0.50, 2.50] | 3 |
+| Textual Inversion | DVAR | 0.800 [0.700, 0.900] | 0.700 [0.600, 0.800] | 0.200 [0.200, 0.200] | 50.0 [40.0, 60.0] | 2.00 [1.00, 3.00] | 3 |
+mean [95 % bootstrap interval] over concepts, seeds averaged per concept first; n = concepts per cell
+
+| Method | Strategy | Train CLIP img | Val CLIP img | Val CLIP txt | Iterations | Time, min | seeds |
+|---|---|---:|---:|---:|---:|---:|---:|
+| Textual Inversion | Baseline | 0.071 | 0.071 | 0.000 | 0.0 | 0.00 | 2 |
+| Textual Inversion | DVAR | 0.071 | 0.071 | 0.000 | 0.0 | 0.00 | 2 |
+between-seed spread: the std (ddof=1) between a concept's seeds, averaged over the concepts with two or more seeds
 """
+# per concept (seeds averaged) three values: a resample of three draws is all one value with probability
+# 1/27 > 0.025, so the exact 95 % interval is the range; only concept a has two seeds (0.65, 0.75)
 GOLD_MD_3 = """\
 | Method | Strategy | DINO | DIV | n |
 |---|---|---:|---:|---:|
-| Textual Inversion | Baseline | 0.600 ± 0.100 | 0.750 ± 0.000 | 3 |
-| Textual Inversion | DVAR | 0.600 ± 0.100 | 0.750 ± 0.000 | 3 |
-mean ± std over concepts (std ddof=1); n = concepts per cell
+| Textual Inversion | Baseline | 0.600 [0.500, 0.700] | 0.750 [0.750, 0.750] | 3 |
+| Textual Inversion | DVAR | 0.600 [0.500, 0.700] | 0.750 [0.750, 0.750] | 3 |
+mean [95 % bootstrap interval] over concepts, seeds averaged per concept first; n = concepts per cell
+
+| Method | Strategy | DINO | DIV | seeds |
+|---|---|---:|---:|---:|
+| Textual Inversion | Baseline | 0.000 | 0.000 | 2 |
+| Textual Inversion | DVAR | 0.000 | 0.000 | 2 |
+between-seed spread: the std (ddof=1) between a concept's seeds, averaged over the concepts with two or more seeds
 """
 GOLD_TEX_3_ROWS = [r"Method & Strategy & DINO & DIV & n \\",
-                   r"Textual Inversion & Baseline & 0.600 $\pm$ 0.100 & 0.750 $\pm$ 0.000 & 3 \\",
-                   r"Textual Inversion & DVAR & 0.600 $\pm$ 0.100 & 0.750 $\pm$ 0.000 & 3 \\"]
+                   r"Textual Inversion & Baseline & 0.600 [0.500, 0.700] & 0.750 [0.750, 0.750] & 3 \\",
+                   r"Textual Inversion & DVAR & 0.600 [0.500, 0.700] & 0.750 [0.750, 0.750] & 3 \\"]
 GOLD_CSV_3 = """\
-method,strategy,metric,mean,std,n,complete
-textual_inversion,baseline,DINO,0.6,0.1,3,True
-textual_inversion,baseline,DIV,0.75,0,3,True
-textual_inversion,dvar,DINO,0.6,0.1,3,True
-textual_inversion,dvar,DIV,0.75,0,3,True
+method,strategy,metric,mean,lo,hi,std,n,seed_sd,seeds,complete
+textual_inversion,baseline,DINO,0.6,0.5,0.7,0.1,3,0,2,True
+textual_inversion,baseline,DIV,0.75,0.75,0.75,0,3,0,2,True
+textual_inversion,dvar,DINO,0.6,0.5,0.7,0.1,3,0,2,True
+textual_inversion,dvar,DIV,0.75,0.75,0.75,0,3,0,2,True
 """
 
 
@@ -73,7 +90,7 @@ def test_golden_tables(tmp_path):
     tex = to_latex(table3(runs), "DINO and DIV.")
     for row in GOLD_TEX_3_ROWS:
         assert row in tex.splitlines()
-    assert tex.startswith(r"\begin{table}") and r"ddof=1" in tex
+    assert tex.startswith(r"\begin{table}") and r"95 \% bootstrap interval" in tex and r"ddof=1" in tex
     assert to_csv(table3(runs)) == GOLD_CSV_3
 
 
@@ -89,6 +106,9 @@ def test_side_by_side_with_the_paper(tmp_path):
     both = versus_paper(table1(completed_runs(tmp_path, "gold")), 1)
     row = both[(both.strategy == "DVAR") & (both.metric == "Iterations")].iloc[0]
     assert row.paper_mean == 566.0 and row.paper_std == 141.5 and row["diff"] == pytest.approx(50 - 566)
+    assert (row.lo, row.hi, row.paper_inside) == (40.0, 60.0, False)
+    clip = both[(both.strategy == "DVAR") & (both.metric == "Train CLIP img")].iloc[0]
+    assert clip.paper_inside is True, "0.795 lies in [0.700, 0.900]"
 
 
 # --- replay ----------------------------------------------------------------------------------------
@@ -183,9 +203,11 @@ def test_report_from_the_smoke_experiment(smoke):
     assert proc.returncode == 0, proc.stderr
     for name in ("table1.md", "table1.tex", "table1.csv", "table3.md", "table1_vs_paper.md", "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
-    pngs, svgs = list(out.rglob("*.png")), list(out.rglob("*.svg"))
-    assert len(pngs) >= 5 and len(pngs) == len(svgs)
-    for png in pngs:
+    pngs, svgs = list((out / "figures").glob("*.png")), list((out / "figures").glob("*.svg"))
+    assert len(pngs) >= 3 and sorted(p.stem for p in pngs) == sorted(s.stem for s in svgs)  # each figure both ways
+    samples = list((out / "figures" / "samples").glob("*.png"))
+    assert {p.stem.split("_")[-2] for p in samples} == {"baseline", "dvar"}  # side by side, per method
+    for png in pngs + samples:
         with Image.open(png) as im:
             im.verify()
     for svg in svgs:
@@ -194,7 +216,8 @@ def test_report_from_the_smoke_experiment(smoke):
     assert "15 completed runs" in report and "Few-iters step counts" in report
     assert report.count("| Textual Inversion |") >= 5
     assert "## The claims, measured" in report and "Trend-to-noise ratio over 3 Baseline runs" in report
-    assert re.search(r"\| Textual Inversion \| Baseline \| \d+ \| 1\.00x \| 100\.0 % \| \+0\.000 \| \+0\.000 \|", report)
+    assert re.search(r"\| Textual Inversion \| Baseline \| 1 \| \d+ \| 1\.00x \| 100\.0 % \| - \| - \| \+0\.000 \| \+0\.000 \|",
+                     report)
 
 
 def test_analysis_imports_no_torch():

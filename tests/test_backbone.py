@@ -20,6 +20,7 @@ def state_hash(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_tiny_is_deterministic_from_its_seed(tmp_path):
     cfg = compose(["model=tiny"])["model"]
     a = load_backbone(cfg, tmp_path / "a")

@@ -24,6 +24,9 @@ import pytest
 
 from tests.helpers import PROJECT_ROOT
 
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
+
 # A quick, valid single run and sweep that each case spoils with one input.
 BASE = ["model=tiny", "metrics=tiny", "paths.results={tmp}/results"]
 RUN = [*BASE, "strategy=dvar", "strategy.max_steps=4", "strategy.window=3"]
@@ -77,6 +80,8 @@ CASES = [
         ("seed", "-1", "an integer from 0 to 2147483647"),
         ("train_batch_size", "0", "an integer from 1 to 1024"),
         ("checkpoint_every", "-5", f"an integer from 0 to {MAX}"),
+        ("records.flush_every", "0", f"an integer from 1 to {MAX}"),
+        ("logger", "foo", "one of none, tensorboard, wandb"),
         ("progress", "2", "true or false"),
         ("ldet.accumulation", "1.5", "an integer from 1 to 1000"),
         ("ldet.fixed.noise", "sometimes", "true or false"),
@@ -111,7 +116,7 @@ CASES = [
       for args, fragment in [
           (["experiment={tmp}/syntax.yaml"], "{tmp}/syntax.yaml: not an experiment: invalid YAML at line 2"),
           (["experiment={tmp}/list.yaml"], "{tmp}/list.yaml: holds a list, not an experiment"),
-          (["experiment={tmp}/scalar.yaml"], "grid.method must be a list, e.g. method: [textual_inversion] "
+          (["experiment={tmp}/scalar.yaml"], "grid.method must be a list, e.g. method: [NAME] "
                                              "(got 'textual_inversion')"),
           (["experiment={tmp}/variants.yaml"], "variants[0] must be a list of key=value overrides"),
           (["experiment=smok"], "Unknown experiment 'smok'"),
@@ -140,6 +145,8 @@ CASES = [
                          ("cpus_per_task", "0")]],
     ("benchmark.sweep", ["statu", *SWEEP], "unknown command `statu`"),
     ("benchmark.sweep", [*SWEEP, "--dry_run"], "Did you mean: --dry-run?"),
+    ("benchmark.sweep", [*SWEEP, "records.flush_every=0"], f"records.flush_every must be an integer from 1 to {MAX} (got 0)"),
+    ("benchmark.sweep", [*SWEEP, "logger=tensorbord"], "logger must be one of none, tensorboard, wandb (got 'tensorbord')"),
     ("benchmark.sweep", [*SWEEP, "--concepts", "cat", "dog"], "write concept=cat,dog instead of --concepts cat dog"),
     ("benchmark.sweep", [*SWEEP, "--profile", "slurm/a100.yaml"], "write profile=slurm/a100.yaml instead of"),
     # --- benchmark.preflight (the sweep's preflight, its own command) --------------------------------
@@ -434,13 +441,14 @@ def test_every_numeric_key_has_a_type_and_a_range():
     keys (method, strategy, model, metrics, ldet, sampling), the sweep's check for the launcher's."""
     from benchmark.core.errors import ConfigError
     from benchmark.protocol.config import GROUPS, compose, group_options, validate
-    from benchmark.sweep.cli import LAUNCHER_KEYS, check_launcher
+    from benchmark.sweep.plan import LAUNCHER_KEYS, check_launcher
 
     numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, str)  # noqa: E731 (bool included)
     checked = set()
     for group in GROUPS:
         for option in group_options(group):
-            cfg = compose([f"{group}={option}", *(["strategy.steps=5"] if option == "few_iters" else [])])
+            required = {"few_iters": ["strategy.steps=5"], "custom": ["strategy.criterion=examples/plateau_criterion.py:Plateau"]}
+            cfg = compose([f"{group}={option}", *required.get(option, [])])
             keys = [k for k, v in leaves(cfg) if (numeric(v) or k in ("method.max_grad_norm", "sampling.n_val_prompts"))
                     and not k.startswith(LIBRARY_CONFIGS) and k not in checked]
             keys += [f"launcher.{k}" for k in LAUNCHER_KEYS if k in cfg["launcher"] and f"launcher.{k}" not in checked]

@@ -6,7 +6,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import PROJECT_ROOT
+
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
 
 
 def printed_quotient_is(printed: float, printed_half: float, num: float, num_half: float, den: float,

@@ -24,6 +24,7 @@ def setup(tmp_path_factory):
     return cfg, backbone, make_sampler, made
 
 
+@pytest.mark.slow
 def test_generated_once_and_cached(tmp_path, setup):
     cfg, backbone, make_sampler, made = setup
     prior = {**cfg["method"]["prior"], "num_class_images": 3}

@@ -34,6 +34,7 @@ def test_sweep_with_a_flag_names_the_key():
     assert "write experiment=smoke instead of --experiment smoke" in line
 
 
+@pytest.mark.slow
 def test_analysis_takes_experiment_as_a_key(tmp_path):
     proc = cli("analysis", "report", "experiment=nothing_here", f"results={tmp_path}")
     assert proc.returncode == 2 and proc.stderr.splitlines()[0] == f"reading the runs of nothing_here under {tmp_path}"
@@ -92,6 +93,7 @@ def test_run_help_reads_its_comments_from_conf():
     assert "ldet.fixed.SOURCE=true" in out and "images|captions|latents|noise|timesteps" in out
 
 
+@pytest.mark.slow
 def test_progress_lines_go_to_stderr_and_the_result_to_stdout(tmp_path):
     from tests.helpers import TINY
 

@@ -111,6 +111,7 @@ def test_fetch_from_mirror_reproduces_the_folders(tmp_path, mirror, pins):
     assert sum(r.fetched for r in again) == 0, "a complete folder is never copied again"
 
 
+@pytest.mark.slow
 def test_interrupted_fetch_completes_without_copying_finished_files(tmp_path, mirror, pins):
     names = [c.name for c in PAPER if c.source == "dreambooth"] if mirror == SHARED_DREAMBOOTH else SUBSET
     total = sum(len(pins[n]) for n in names)

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from benchmark.core.errors import ConfigError
-from benchmark.protocol.config import run_id, validate
+from benchmark.protocol.config import check_groups, run_id, validate
 from tests.helpers import CONF_DIR, PROJECT_ROOT, compose
 
 GROUPS = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml")) for g in ("model", "metrics", "method", "strategy")}
@@ -17,6 +17,8 @@ def test_every_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if option == "few_iters":
         overrides.append("strategy.steps=10")
+    if option == "custom":
+        overrides.append("strategy.criterion=examples/plateau_criterion.py:Plateau")
     cfg = compose(overrides)
     validate(cfg)
     assert len(run_id(cfg)) == 10
@@ -46,7 +48,8 @@ def test_run_id_ignores_paths_but_not_semantics():
     (["strategy=baseline", "strategy.max_steps=0"], "strategy.max_steps"),
     (["strategy=few_iters"], "strategy.steps"),
     (["concept=catstatue"], "concept"),
-    (["method.name=textual_inversio"], "method"),
+    (["method.plugin=benchmark.engine.methods.textual_inversio:TextualInversion"], "method.plugin"),
+    (["method.plugin=TextualInversion"], "method.plugin"),
     (["strategy.name=dvra"], "strategy"),
     (["ldet.batch_size=0"], "ldet.batch_size"),
     (["ldet.timestep_range=[500,400]"], "ldet.timestep_range"),
@@ -64,7 +67,7 @@ def test_unknown_names_suggest_the_closest():
     with pytest.raises(ConfigError, match="Did you mean: cat_statue"):
         validate(compose(["concept=catstatue"]))
     with pytest.raises(ConfigError, match="Did you mean: textual_inversion"):
-        validate(compose(["method.name=textual_inversio"]))
+        check_groups(["method=textual_inversio"])
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -85,6 +88,7 @@ def test_unknown_group_option_fails_with_the_choices():
     assert "sd15" in proc.stderr and "tiny" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_value_on_the_command_line_is_one_clear_line(tmp_path):
     proc = run_cli("strategy=dvar", "strategy.window=1", f"paths.results={tmp_path}")
     assert proc.returncode == 2

@@ -3,11 +3,15 @@
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from safetensors.torch import load_file
 
 from benchmark.engine.train import run
 from benchmark.store import records
 from tests.helpers import tiny_run_config, without_timing
+
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
 
 
 def tables(results: Path) -> dict[str, pd.DataFrame]:

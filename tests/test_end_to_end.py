@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.engine.backbone import load_backbone
-from benchmark.engine.methods import METHODS
+from benchmark.engine.methods.base import method_class
 from benchmark.engine.sampling import Sampler
 from benchmark.engine.train import run
 from benchmark.protocol.config import cache_root
@@ -25,8 +25,13 @@ def run_records(results, row):
             evals[evals.run_id == row["run_id"]].sort_values("step").reset_index(drop=True))
 
 
-@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-@pytest.mark.parametrize("method", METHOD_NAMES)
+# The fast lane (`make test`) keeps one of these end-to-end runs; `make test-all` runs them all.
+FAST_LANE = ("textual_inversion", "dvar")
+
+
+@pytest.mark.parametrize("method,strategy", [
+    pytest.param(m, s, id=f"{m}-{s}", marks=() if (m, s) == FAST_LANE else pytest.mark.slow)
+    for m in METHOD_NAMES for s in STRATEGY_NAMES])
 def test_every_method_and_strategy(method, strategy, results):
     cfg = tiny_run_config(method, strategy, results)
     row = run(cfg, share_models=True)
@@ -79,6 +84,7 @@ def test_every_method_and_strategy(method, strategy, results):
     assert set(RUNS.names) <= set(pq.read_schema(f).names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_saved_weights_reload_into_a_plain_pipeline(method, results):
     """The safetensors a run writes, loaded by diffusers' own loaders into a freshly loaded pipeline,
@@ -90,7 +96,7 @@ def test_saved_weights_reload_into_a_plain_pipeline(method, results):
 
     fresh = load_backbone(cfg["model"], cache_root(cfg))
     sampler = Sampler(fresh, cfg["sampling"], trainer.device, trainer.autocast)
-    METHODS.get(method).apply(sampler.pipe, results / row["weights_dir"], trainer.method.placeholder)
+    method_class(cfg["method"]).apply(sampler.pipe, results / row["weights_dir"], trainer.method.placeholder)
     reloaded = np.asarray(sampler.generate([prompt])[0], dtype=np.int16)
     assert reloaded.shape == (64, 64, 3)
     assert np.abs(reloaded - live).max() <= 1
@@ -100,6 +106,7 @@ def test_saved_weights_reload_into_a_plain_pipeline(method, results):
     assert np.abs(untrained - live).max() > 0, "the trained weights change the samples"
 
 
+@pytest.mark.slow
 def test_custom_diffusion_without_random_rescale_weighs_every_pixel(results):
     """No rescale, no mask: the instance loss is the masked loss with a mask of ones (found by the
     toy sweep, which turns random rescale off)."""

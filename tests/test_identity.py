@@ -6,6 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from benchmark.concepts.manifest import CONCEPTS_DIR
 from benchmark.engine.train import run
 from benchmark.protocol.config import concept_images, run_id
@@ -35,6 +37,7 @@ def rewrite_keeping_size_and_time(path: Path, data: bytes) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+@pytest.mark.slow
 def test_edited_captions_make_a_new_run(tmp_path):
     folder = concept(tmp_path / "data", "".join(f"a {{}} on table {i}\n" for i in range(4)))
     cfg = config(tmp_path)

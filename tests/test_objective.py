@@ -17,8 +17,7 @@ def trainer(tmp_path_factory):
 def eval_batch(trainer, fixed: dict, size=4, accumulation=1, seed=7, intervals=False, forward_batch=0):
     cfg = {"batch_size": size, "accumulation": accumulation, "fixed": fixed, "timestep_range": [0, 1000],
            "intervals": intervals, "forward_batch": forward_batch}
-    return EvalBatch(cfg, trainer.data, trainer.encoder, trainer.backbone.tokenizer, trainer.noise_scheduler,
-                     seed, trainer.latent_shape)
+    return EvalBatch(cfg, trainer.data, trainer.encoder, trainer.forward, seed, trainer.latent_shape)
 
 
 def source_values(draw):
@@ -50,8 +49,8 @@ def test_each_of_the_32_combinations(trainer, flags):
 
 def test_fixed_batch_gives_the_same_loss_twice(trainer):
     batch = eval_batch(trainer, dict.fromkeys(SOURCES, True))
-    a = batch.loss(trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device, trainer.autocast)
-    b = batch.loss(trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device, trainer.autocast)
+    a = batch.loss()
+    b = batch.loss()
     assert a == b
 
 
@@ -59,17 +58,15 @@ def test_fixed_batch_gives_the_same_loss_twice(trainer):
 def test_accumulated_passes_equal_one_big_pass(trainer, k, b):
     """k passes of batch b (one model call per pass, as the official code) equal one pass of k*b."""
     fixed = dict.fromkeys(SOURCES, True)
-    args = (trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device, trainer.autocast)
-    small = eval_batch(trainer, fixed, size=b, accumulation=k).loss(*args)["l_det"]
-    big = eval_batch(trainer, fixed, size=k * b, accumulation=1).loss(*args)["l_det"]
+    small = eval_batch(trainer, fixed, size=b, accumulation=k).loss()["l_det"]
+    big = eval_batch(trainer, fixed, size=k * b, accumulation=1).loss()["l_det"]
     assert small == pytest.approx(big, rel=1e-5)
 
 
 def test_forward_batch_is_only_a_speed_knob(trainer):
     fixed = dict.fromkeys(SOURCES, True)
-    args = (trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device, trainer.autocast)
-    one_at_a_time = eval_batch(trainer, fixed, size=1, accumulation=16).loss(*args)["l_det"]
-    grouped = eval_batch(trainer, fixed, size=1, accumulation=16, forward_batch=8).loss(*args)["l_det"]
+    one_at_a_time = eval_batch(trainer, fixed, size=1, accumulation=16).loss()["l_det"]
+    grouped = eval_batch(trainer, fixed, size=1, accumulation=16, forward_batch=8).loss()["l_det"]
     assert grouped == pytest.approx(one_at_a_time, rel=1e-5)
 
 
@@ -79,7 +76,7 @@ def test_interval_losses_use_their_own_timesteps(trainer):
     for name, (lo, hi) in {"begin": (0, 333), "middle": (333, 666), "end": (666, 1000)}.items():
         t = draw.interval_timesteps[name]
         assert len(set(t.tolist())) == 8 and lo <= int(t.min()) and int(t.max()) < hi
-    out = batch.loss(trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device, trainer.autocast)
+    out = batch.loss()
     assert set(out) == {"l_det", "l_det_begin", "l_det_middle", "l_det_end"}
 
 

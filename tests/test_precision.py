@@ -16,6 +16,9 @@ from benchmark.engine.train import run, run_trajectory
 from benchmark.store import records
 from tests.helpers import METHOD_NAMES, set_up, tiny_run_config
 
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
+
 HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
 from benchmark.engine.train import run
@@ -21,6 +22,9 @@ from tests.helpers import (
     tiny_run_config,
     without_timing,
 )
+
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
 
 RUN_KEYS = ["iterations", "reported_step", "stop_reason", "train_clip_img", "train_clip_txt", "val_clip_img",
             "val_clip_txt", "dino", "div"]
@@ -123,7 +127,7 @@ def test_a_killed_shared_trajectory_resumes_to_the_records_of_standalone_runs(tm
                      f"paths.results={clean}"]), share_models=True)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "benchmark.sweep", f"experiment={exp}", f"paths.results={killed}"]
-    step = kill_after_a_checkpoint(cmd, killed, 6)
+    kill_after_a_checkpoint(cmd, killed, 6)
     assert len(records.read(killed, "runs")) < 3, "killed before every run finished"
     subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True)
     for name in ("steps", "evals"):

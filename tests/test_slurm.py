@@ -26,7 +26,10 @@ def slurm_up() -> bool:
     return out.returncode == 0 and "up" in out.stdout
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster (bash slurm/start.sh)")]
+# One xdist group: under `make test-all` these run on one worker, one after another, and do not compete
+# for the local cluster's CPUs.
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm"),
+              pytest.mark.skipif(not slurm_up(), reason="no Slurm cluster (bash slurm/start.sh)")]
 LAUNCHER = ["launcher=slurm", "launcher.partition=debug", "launcher.timeout_min=20", "launcher.cpus_per_task=1",
             "launcher.mem_gb=2", "launcher.gpus_per_node=null", "launcher.signal_delay_s=30"]
 

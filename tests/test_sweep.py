@@ -11,6 +11,9 @@ from benchmark.store import records
 from benchmark.sweep.cli import main as sweep
 from tests.helpers import TINY
 
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
+
 OVERRIDES = [*TINY, "method.max_train_steps=10", "method.protocol.clip_s.eval_every=2",
              "method.protocol.clip_s.patience=0", "method.protocol.clip_s.eps=0.5",
              "method.protocol.dvar.window=3", "method.protocol.dvar.threshold=0.9",
@@ -118,7 +121,7 @@ def test_unknown_experiment_suggests(capsys):
     assert "Did you mean: smoke" in capsys.readouterr().err
 
 
-SIZES = {"smoke": 15, "table1": 720, "toy_smoke": 15, "toy_tuning": 12, "toy_table1": 60}
+SIZES = {"smoke": 15, "table1": 720, "toy_smoke": 15, "toy_tuning": 12, "toy_table1": 180}
 
 
 @pytest.mark.parametrize("name", list(SIZES))

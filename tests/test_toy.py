@@ -33,6 +33,7 @@ def test_toy_concepts_regenerate_bit_for_bit(tmp_path):
             assert f.read_bytes() == (shipped / f.name).read_bytes(), f"{folder.name}/{f.name}"
 
 
+@pytest.mark.slow
 def test_pretraining_procedure_is_reproducible(tmp_path):
     """The smoke scale runs every stage in seconds; twice with one seed gives identical files."""
     for name in ("a", "b"):
@@ -64,6 +65,7 @@ def test_shipped_weights_match_their_checksums():
     verify_sums(WEIGHTS_DIR.resolve(), "")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED, reason="no shipped toy weights")
 def test_toy_model_follows_its_prompts():
     import open_clip
@@ -86,6 +88,7 @@ def test_toy_model_follows_its_prompts():
     assert result["prompt_following"] >= 0.8, result
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED, reason="no shipped toy weights")
 def test_textual_inversion_learns_a_toy_concept(tmp_path):
     """Train CLIP img of the samples rises well above its value for the untrained token."""

@@ -15,6 +15,7 @@ from benchmark.concepts.validate import format_reports, validate_folder
 from benchmark.core.cli_args import Spec, UsageError, fail
 from benchmark.core.cli_args import parse as parse_args
 from benchmark.core.errors import ConfigError
+from benchmark.core.fs import writable
 from benchmark.core.registry import did_you_mean
 
 DEFAULT_DATA = os.environ.get("DVAR_DATA", "data")
@@ -130,8 +131,6 @@ def arguments(argv: list[str] | None) -> argparse.Namespace | None:
     if data.exists() and not data.is_dir():
         raise ConfigError(f"data={data}: a file, not a folder; give the data root that holds the <concept>/ folders.")
     if p.command == "fetch":
-        from benchmark.core.fs import writable
-
         if not writable(data):
             raise ConfigError(f"data={data}: cannot be written by this user (or lies on a read-only or system "
                               "filesystem); give data=DIR where you can write (it is created if missing).")

@@ -5,6 +5,7 @@ A file that does not decode raises ConfigError naming the file, so a run fails b
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +90,6 @@ def load_concept_images(folder: Path) -> list[tuple[Path, Image.Image]]:
 
 
 def file_sha256(path: Path) -> str:
-    import hashlib
-
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -105,8 +104,6 @@ def concept_digest(folder: Path) -> str:
     """One hash of the files a run reads from its concept folder (names and bytes): part of what
     identifies a run, so new or changed images or captions make a new run instead of one skipped as
     done. A folder without captions hashes as its images alone did before captions counted."""
-    import hashlib
-
     h = hashlib.sha256()
     for p in input_files(folder):
         h.update(f"{p.name}\0{file_sha256(p)}\n".encode())

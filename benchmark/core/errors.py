@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import yaml
+
 
 class ConfigError(ValueError):
     """Bad input found before any training starts (config values, concepts, images)."""
@@ -52,8 +54,6 @@ def choice(key: str, value, choices) -> str:
 def read_yaml(path: Path, what: str):
     """A YAML file's content; a file that cannot be read or is not YAML is one line naming it and
     `what` it should be ("an experiment")."""
-    import yaml
-
     try:
         return yaml.safe_load(Path(path).read_text())
     except OSError as err:

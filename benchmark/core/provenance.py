@@ -47,7 +47,7 @@ def versions() -> dict[str, str]:
 
 
 def device_name(device) -> str:
-    import torch
+    import torch  # torch: provenance is also written by torch-free commands
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -49,5 +49,12 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def items(self) -> list[tuple[str, T]]:
+        """(name, object) in registration order."""
+        return list(self._items.items())
+
+    def values(self) -> list[T]:
+        return list(self._items.values())
+
     def __contains__(self, name: str) -> bool:
         return name in self._items

@@ -50,7 +50,7 @@ def generate_class_images(sampler, folder: Path, class_prompt: str, count: int, 
     for start in range(0, len(missing), chunk):
         idx = missing[start:start + chunk]
         for i, image in zip(idx, sampler.generate([class_prompt] * len(idx), seeds=[CLASS_SEED + i for i in idx])):
-            tmp = folder / f".{i:05d}.png.tmp"
+            tmp = folder / f".{i:05d}.png.{os.getpid()}.tmp"  # per process: two may fill the same cache at once
             image.save(tmp, format="PNG")
             os.replace(tmp, folder / f"{i:05d}.png")
         bar.update(len(idx))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2 import functional as tv_functional
 
 from benchmark.engine.templates import (
     CLOSE_PREFIXES,
@@ -22,9 +23,7 @@ from benchmark.engine.templates import (
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """8-bit RGB → float (3, H, W) in [-1, 1]."""
-    from torchvision.transforms.v2.functional import pil_to_tensor
-
-    return pil_to_tensor(image).float() / 127.5 - 1.0
+    return tv_functional.pil_to_tensor(image).float() / 127.5 - 1.0
 
 
 def center_crop_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:

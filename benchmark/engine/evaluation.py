@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from PIL import Image
+
 from benchmark.engine.metrics import score, text_for_clip
 
 METRICS = ("train_clip_img", "train_clip_txt", "val_clip_img", "val_clip_txt", "dino", "div")
@@ -43,17 +45,20 @@ class Evaluator:
         return row, images
 
 
-def save_grid(images, folder: Path, step: int) -> None:
-    """The samples of one evaluation as one PNG, 8 to a row."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
+def grid_image(images):
+    """The samples of one evaluation as one image, 8 to a row."""
     w, h = images[0].size
     cols = min(8, len(images))
     grid = Image.new("RGB", (cols * w, -(-len(images) // cols) * h))
     for i, im in enumerate(images):
         grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    grid.save(folder / f"step{step:06d}.png")
+    return grid
+
+
+def save_grid(images, folder: Path, step: int) -> None:
+    """The grid of one evaluation as one PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    grid_image(images).save(folder / f"step{step:06d}.png")
 
 
 def keep_grid(folder: Path, step: int) -> None:

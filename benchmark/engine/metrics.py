@@ -23,13 +23,18 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
+import lpips
 import numpy as np
+import open_clip
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from benchmark.core.checksums import verify_shipped
 from benchmark.core.errors import ConfigError
+from benchmark.core.provenance import project_path
+from benchmark.store.runs import write_text_atomic
 
 
 @contextlib.contextmanager
@@ -46,13 +51,6 @@ def _quiet_root_logger(quiet: bool):
 
 class MetricModels:
     def __init__(self, cfg: dict, cache_dir: Path, device: torch.device):
-        import lpips
-        import open_clip
-        import timm
-
-        from benchmark.core.provenance import project_path
-        from benchmark.store.runs import write_text_atomic
-
         self.cfg, self.device = cfg, device
         clip_cfg, dino_cfg, lpips_cfg = cfg["clip"], cfg["dino"], cfg["lpips"]
         if clip_cfg.get("config_file"):

@@ -1,6 +1,8 @@
 """The diffusion objective, and the fixed evaluation batch on which L_det is computed.
 
-L_det (paper eq. 4) is the training loss evaluated on inputs drawn once: images (with their
+The diffusion forward (encode the captions, noise the latents, predict with the UNet, the target) is
+`DiffusionForward`, the one place both the training loss (benchmark.engine.trajectory) and L_det
+call. L_det (paper eq. 4) is the training loss evaluated on inputs drawn once: images (with their
 augmentation), captions, one VAE posterior sample, one noise tensor and distinct timesteps. Each of
 these five sources can instead be redrawn at every evaluation (the paper's §3.2 / Fig. 5 ablation).
 All draws come from the batch's own generator, so computing L_det never touches the training RNG.
@@ -17,11 +19,6 @@ from benchmark.engine.data import ConceptData
 
 SOURCES = ("images", "captions", "latents", "noise", "timesteps")
 INTERVALS = {"begin": (0, 333), "middle": (333, 666), "end": (666, 1000)}
-
-
-def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
 
 
 class LatentEncoder:
@@ -63,6 +60,32 @@ def diffusion_target(scheduler, latents, noise, timesteps):
     raise ValueError(f"unsupported prediction_type {kind}")
 
 
+class DiffusionForward:
+    """The diffusion forward on the live modules, written once: the training loss and L_det are
+    this prediction and target, reduced their own way (the method's loss; L_det's mean squared error).
+
+    The base model is reached only through its interface (benchmark.engine.backbone.Backbone:
+    `encode_prompt` gives the UNet's text conditioning), so another model family changes nothing here.
+    The text encoder and UNet run under the precision's autocast; noising and the target stay fp32."""
+
+    def __init__(self, backbone, scheduler, device: torch.device, autocast, dtype: torch.dtype):
+        self.backbone, self.scheduler, self.device = backbone, scheduler, device
+        self.autocast, self.dtype = autocast, dtype
+
+    def condition(self, captions: list[str]) -> dict:
+        """The UNet's keyword arguments for `captions` (encoder hidden states, and what else the model needs)."""
+        with self.autocast():
+            return self.backbone.encode_prompt(captions, self.device)
+
+    def __call__(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                 condition: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(UNet prediction, target) for `latents` noised with `noise` at `timesteps`, all on the device."""
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        with self.autocast():
+            pred = self.backbone.unet(noisy.to(self.dtype), timesteps, **condition).sample
+        return pred, diffusion_target(self.scheduler, latents, noise, timesteps)
+
+
 @dataclass
 class EvalDraw:
     """One evaluation's inputs, split into `accumulation` passes of `size` items."""
@@ -80,7 +103,7 @@ class EvalDraw:
 class EvalBatch:
     """The fixed (or partly resampled) evaluation batch and L_det."""
 
-    def __init__(self, cfg, data: ConceptData, encoder: LatentEncoder, tokenizer, scheduler, seed: int,
+    def __init__(self, cfg, data: ConceptData, encoder: LatentEncoder, forward: DiffusionForward, seed: int,
                  latent_shape: tuple[int, int, int]):
         self.size, self.accumulation = int(cfg["batch_size"]), int(cfg["accumulation"])
         self.forward_batch = int(cfg.get("forward_batch") or 0)
@@ -88,7 +111,7 @@ class EvalBatch:
         self.fixed = {s: bool(cfg["fixed"][s]) for s in SOURCES}
         self.lo, self.hi = (int(v) for v in cfg["timestep_range"])
         self.intervals = bool(cfg.get("intervals", False))
-        self.data, self.encoder, self.tokenizer, self.scheduler = data, encoder, tokenizer, scheduler
+        self.data, self.encoder, self.forward = data, encoder, forward
         self.latent_shape = latent_shape
         self.generator = torch.Generator().manual_seed(int(seed))
         self._image_cursor = 0
@@ -147,26 +170,22 @@ class EvalBatch:
         return z
 
     @torch.inference_mode()
-    def loss(self, unet, text_encoder, device, autocast) -> dict[str, float]:
+    def loss(self) -> dict[str, float]:
         """L_det (and the interval losses) of the current weights: the mean squared error over all
         `size x accumulation` items, which equals the mean of the per-pass means. Items go through
         the models `forward_batch` at a time (a speed knob; the value does not depend on it)."""
         draw = self.next_draw()
+        device = self.forward.device
         z = self._latents(draw).to(device)
-        ids = tokenize(self.tokenizer, draw.captions).to(device)
         noise = draw.noise.to(device, z.dtype)
         columns = {"l_det": draw.timesteps}
         columns.update({f"l_det_{k}": t for k, t in draw.interval_timesteps.items()})
         sums = dict.fromkeys(columns, 0.0)
         chunk = max(self.size, self.forward_batch)
-        with autocast():
-            for start in range(0, self.n, chunk):
-                part = slice(start, min(self.n, start + chunk))
-                hidden = text_encoder(ids[part])[0]
-                for name, ts in columns.items():
-                    t = ts[part].to(device)
-                    noisy = self.scheduler.add_noise(z[part], noise[part], t)
-                    pred = unet(noisy, t, hidden).sample
-                    target = diffusion_target(self.scheduler, z[part], noise[part], t)
-                    sums[name] += F.mse_loss(pred.float(), target.float(), reduction="sum").item()
+        for start in range(0, self.n, chunk):
+            part = slice(start, min(self.n, start + chunk))
+            condition = self.forward.condition(draw.captions[part])
+            for name, ts in columns.items():
+                pred, target = self.forward(z[part], noise[part], ts[part].to(device), condition)
+                sums[name] += F.mse_loss(pred.float(), target.float(), reduction="sum").item()
         return {k: v / z.numel() for k, v in sums.items()}

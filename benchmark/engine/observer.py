@@ -20,6 +20,8 @@ from benchmark.core.provenance import (
     versions,
 )
 from benchmark.engine.evaluation import METRICS, keep_grid, save_grid
+from benchmark.engine.loggers import open_logger
+from benchmark.engine.steps import Step
 from benchmark.protocol.config import ldet_variant, logs_ldet
 from benchmark.protocol.strategies import make_strategy
 from benchmark.store import records
@@ -44,6 +46,7 @@ class Observer:
         self.timers = {"train_s": 0.0, "ldet_s": 0.0, "sampling_s": 0.0}
         self.stopped: tuple[int, str] | None = None  # (step, reason) once decided
         self.row: dict | None = None                 # the runs row, once finished
+        self.logger = open_logger(cfg, self.rid)     # logger=tensorboard|wandb: a live view of the rows
 
     @property
     def label(self) -> str:
@@ -58,22 +61,21 @@ class Observer:
         return self.variant is not None and logs_ldet(self.ldet_cfg, self.strategy.needs_ldet, step)
 
     # ----------------------------------------------------------------------------------- steps --
-    def observe(self, t: dict, evaluation: tuple[dict, list] | None, trajectory) -> None:
+    def observe(self, t: Step, evaluation: tuple[dict, list] | None, trajectory) -> None:
         """Step `t` of the trajectory (its shared values), and the evaluation of that step when any
         observer asked for one."""
-        step = t["step"]
-        row = {"run_id": self.rid, "step": step, "train_loss": t["train_loss"], "grad_norm": t["grad_norm"],
-               "loss_scale": t.get("loss_scale"), "update_skipped": t.get("update_skipped"), "lr": t["lr"], "train_s": t["train_s"], "ldet_s": 0.0, "sampling_s": 0.0}
+        step = t.step
+        row = {"run_id": self.rid, **t.columns(), "ldet_s": 0.0, "sampling_s": 0.0}
         if self.wants_ldet(step):
-            values, seconds = t["ldet"][self.variant]
-            row.update(values)
-            row["ldet_s"] = seconds
+            row.update(t.ldet[self.variant].values)
+            row["ldet_s"] = t.ldet[self.variant].seconds
         if self.strategy.after_update(step, row):
             self.stopped = (step, "criterion")
         if step > 0 and self.strategy.eval_due(step):
             scores, images = evaluation
             ev = {"run_id": self.rid, **scores}
             self.eval_rows.append(ev)
+            self.logger.evaluation(ev, images)
             row["sampling_s"] = ev["sampling_s"] + ev["scoring_s"]
             new_best = self.strategy.reports_best and (self.best["value"] is None or
                                                         ev["train_clip_img"] > self.best["value"])
@@ -90,6 +92,7 @@ class Observer:
             self.timers[key] += row[key]
         row["wall_s"] = sum(self.timers.values())
         self.step_rows.append(row)
+        self.logger.step(row)
         if self.stopped is None and step >= self.strategy.max_steps:
             self.stopped = (step, self.strategy.stop_reason_at_budget)
 
@@ -99,14 +102,14 @@ class Observer:
         """A run that decides nothing before its budget (Few-iters): no in-loop evaluation, no criterion."""
         return not (self.strategy.evaluates_in_loop or self.strategy.needs_ldet)
 
-    def can_join(self, trace: list[dict], step: int) -> bool:
+    def can_join(self, trace: list[Step], step: int) -> bool:
         """Whether this run can start from a stored state at `step` with its earlier steps taken from
         the trace: a fixed-budget run, on an L_det variant the trace holds."""
         if not self.fixed_budget or step > self.strategy.max_steps:
             return False
-        return self.variant is None or all(self.variant in t["ldet"] for t in trace if self.wants_ldet(t["step"]))
+        return self.variant is None or all(self.variant in t.ldet for t in trace if self.wants_ldet(t.step))
 
-    def join(self, trace: list[dict]) -> None:
+    def join(self, trace: list[Step]) -> None:
         for t in trace:
             self.observe(t, None, None)
 
@@ -149,6 +152,7 @@ class Observer:
                 name = records.part_name(self.rid, rows[0]["step"], rows[-1]["step"])
                 records.write_part(self.paths.results, table, self.paths.keys, name, rows)
         self.step_rows, self.eval_rows = [], []
+        self.logger.flush()
 
     # ---------------------------------------------------------------------------------- finish --
     def weights_provenance(self, trajectory, step: int) -> dict:
@@ -178,6 +182,7 @@ class Observer:
             scores, images = evaluation
             metrics = {"run_id": self.rid, **scores, "phase": "final"}
             self.eval_rows.append(metrics)
+            self.logger.evaluation(metrics, images)
             if cfg["sampling"]["save_images"] in ("final", "all"):
                 save_grid(images, self.paths.samples, final_step)
             reported, weights_dir = final_step, self.paths.weights / "final"
@@ -200,6 +205,7 @@ class Observer:
             "finished_at": now(),
         }
         records.write_part(self.paths.results, "runs", self.paths.keys, f"{self.rid}.parquet", [self.row])
+        self.logger.close()
         log.info("run %s (%s) done: %s at step %d (reported step %d), train CLIP img %.4f", self.rid, self.label,
                  reason, final_step, reported, self.row["train_clip_img"] or float("nan"))
         return self.row

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 
+import diffusers
 import torch
 from PIL import Image
 
@@ -18,8 +19,6 @@ from benchmark.protocol.config import SCHEDULERS
 
 
 def make_scheduler(name: str, config: dict):
-    import diffusers
-
     if name not in SCHEDULERS:
         raise unknown_name_error("sampling scheduler", name, SCHEDULERS, key="sampling.scheduler")
     cls = getattr(diffusers, SCHEDULERS[name])
@@ -32,14 +31,8 @@ def make_scheduler(name: str, config: dict):
 
 class Sampler:
     def __init__(self, backbone, cfg, device: torch.device, autocast):
-        from diffusers import StableDiffusionPipeline
-
         self.cfg, self.device, self.autocast = cfg, device, autocast
-        self.pipe = StableDiffusionPipeline(
-            vae=backbone.vae, text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer,
-            unet=backbone.unet, scheduler=make_scheduler(cfg["scheduler"], backbone.scheduler_config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
+        self.pipe = backbone.pipeline(make_scheduler(cfg["scheduler"], backbone.scheduler_config))
         self.pipe.set_progress_bar_config(disable=True)
         self.latent_size = backbone.resolution // backbone.vae_scale
         self.channels = backbone.unet.config.in_channels

@@ -58,7 +58,9 @@ TOKENIZER_CONFIG = {"tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoft
 
 
 def build_clip_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
+    from transformers import (
+        CLIPTokenizer,  # transformers: the tokenizer's own BPE is torch-free
+    )
 
     if not (folder / "vocab.json").exists():
         write_clip_tokenizer_files(folder)

@@ -11,7 +11,8 @@ A standalone run is a trajectory with one observer.
 
 Every `checkpoint_every` updates the loop flushes the runs' records and stores a snapshot: the
 training state, each active run's state and the trace of shared per-step values (benchmark.engine.snapshots:
-their files and lifetime). A launch resumes from the latest snapshot it can; a Few-iters run whose
+their files and lifetime); every `records.flush_every` updates it flushes the records alone, so
+running runs can be watched. A launch resumes from the latest snapshot it can; a Few-iters run whose
 budget is known only later (derived from CLIP-s) branches from the latest snapshot at or before its
 budget, its earlier rows taken from the trace. The records come out identical to an uninterrupted
 standalone run either way (tested).
@@ -34,6 +35,7 @@ from benchmark.concepts.manifest import concept_folder
 from benchmark.core.errors import ConfigError
 from benchmark.engine.observer import Observer
 from benchmark.engine.snapshots import Snapshots
+from benchmark.engine.steps import LdetPass, Step
 from benchmark.engine.trajectory import Trajectory, pick_device
 from benchmark.protocol.config import (
     resolve,
@@ -169,6 +171,7 @@ class Session:
     def release(self, o: Observer) -> None:
         if o.rid in self.logs:
             close_log(self.logs.pop(o.rid))
+        o.logger.close()  # a failed run's curves up to its failure stay readable
 
     def plan(self) -> list[tuple[list[Observer], dict | None]]:
         """(observers, snapshot meta or None for step 0) per pass. A run that decides as it goes
@@ -200,7 +203,7 @@ class Pass:
     def __init__(self, session: Session, observers: list[Observer], meta: dict | None):
         self.session, self.observers, self.meta = session, observers, meta
         self.cfg, self.trajectory = session.cfg, session.trajectory
-        self.trace: list[dict] = []
+        self.trace: list[Step] = []  # the steps of this pass (and the stored ones it started from)
         self.compute_s = 0.0  # updates, L_det and evaluations: the work itself, without bookkeeping
 
     def fit(self) -> None:
@@ -220,7 +223,7 @@ class Pass:
             t.reset()
             for o in self.observers:  # a fresh start: parts of an earlier, deleted attempt must not mix in
                 o.drop_parts()
-            self.step(0, None)
+            self.step(Step(0))
             return 0
         step = self.meta["step"]
         t.reset()
@@ -247,6 +250,7 @@ class Pass:
         self.finish_stopped(start, None)
         ckpt_every = int(cfg.get("checkpoint_every") or 0)
         log_every = max(1, int(cfg.get("log_every") or 1))
+        flush_every = int((cfg.get("records") or {}).get("flush_every") or 0)  # 0: a config from before the key
         budget = max([o.strategy.max_steps for o in self.active()], default=start)
         names = ", ".join(o.label for o in self.observers)
         bar = tqdm(total=budget, initial=start, desc=f"{cfg['method']['name']} {cfg['concept']} [{names}]",
@@ -257,37 +261,40 @@ class Pass:
             t.sync()
             t0 = time.perf_counter()
             lr = t.lr
-            values = t.train_update()
+            update = t.train_update()
             t.sync()
-            evaluation = self.step(step, {**values, "lr": lr, "train_s": time.perf_counter() - t0})
+            evaluation = self.step(Step.after(step, update, lr, time.perf_counter() - t0))
             bar.update(1)
             if step % log_every == 0 or not self.active():
                 bar.write(self.log_line(step, budget, loop_t0, start), file=sys.stderr)  # stdout keeps the result
             self.finish_stopped(step, evaluation)
             if ckpt_every and step % ckpt_every == 0 and self.active():
                 self.save_snapshot(step)
+            elif flush_every and step % flush_every == 0:
+                # Live records of the running runs. Each snapshot flushes too, so no part spans one: a
+                # resume deletes the parts after its snapshot whole and recomputes them.
+                for o in self.active():
+                    o.flush()
         bar.close()
         return step
 
-    def step(self, step: int, update: dict | None) -> tuple[dict, list] | None:
+    def step(self, row: Step) -> tuple[dict, list] | None:
         """L_det of every variant an active run watches at this step, the step's evaluation when a run
         asks for one, then every active run's view of the step; returns the evaluation."""
-        t = self.trajectory
-        row = {"step": step, "train_loss": None, "grad_norm": None, "loss_scale": None, "update_skipped": None,
-               "lr": None, "train_s": 0.0, **(update or {}), "ldet": {}}
+        t, step = self.trajectory, row.step
         for o in self.active():
-            if o.wants_ldet(step) and o.variant not in row["ldet"]:
+            if o.wants_ldet(step) and o.variant not in row.ldet:
                 t.sync()
                 t0 = time.perf_counter()
                 values = t.ldet(o.ldet_cfg)
                 t.sync()
-                row["ldet"][o.variant] = (values, time.perf_counter() - t0)
-                self.compute_s += row["ldet"][o.variant][1]
+                row.ldet[o.variant] = LdetPass(values, time.perf_counter() - t0)
+                self.compute_s += row.ldet[o.variant].seconds
         evaluation = None
         if step > 0 and any(o.strategy.eval_due(step) for o in self.active()):
             evaluation = t.evaluator.evaluate(step, "in_loop")
             self.compute_s += evaluation[0]["sampling_s"] + evaluation[0]["scoring_s"]
-        self.compute_s += row["train_s"]
+        self.compute_s += row.train_s
         self.trace.append(row)
         for o in self.active():
             o.observe(row, evaluation, t)
@@ -305,13 +312,13 @@ class Pass:
 
     def log_line(self, step: int, budget: int, loop_t0: float, start: int) -> str:
         row = self.trace[-1]
-        det = next(iter(row["ldet"].values()), None)
-        det = f" det {det[0]['l_det']:.5f}" if det else ""
+        det = next(iter(row.ldet.values()), None)
+        det = f" det {det.values['l_det']:.5f}" if det else ""
         crits = " ".join(f"{o.label} {o.strategy.criterion.value:.3f}" for o in self.observers
                          if o.strategy.criterion.value is not None and o.row is None)
         rate = (step - start) / max(time.perf_counter() - loop_t0, 1e-9)
-        skipped = " (fp16 overflow: update skipped)" if row["update_skipped"] else ""
-        return f"step {step}/{budget} loss {row['train_loss']:.4f}{skipped}{det}{' ' + crits if crits else ''} {rate:.2f} it/s"
+        skipped = " (fp16 overflow: update skipped)" if row.update_skipped else ""
+        return f"step {step}/{budget} loss {row.train_loss:.4f}{skipped}{det}{' ' + crits if crits else ''} {rate:.2f} it/s"
 
     # ------------------------------------------------------------------------------- snapshots --
     def save_snapshot(self, step: int) -> None:

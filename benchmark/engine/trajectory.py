@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 
 from benchmark.concepts.images import load_concept_images, read_captions
 from benchmark.concepts.manifest import concept_folder, get_concept
@@ -27,14 +28,11 @@ from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import cast_frozen, load_backbone
 from benchmark.engine.data import ConceptData
 from benchmark.engine.evaluation import Evaluator
-from benchmark.engine.methods import METHODS
+from benchmark.engine.methods.base import method_class
 from benchmark.engine.metrics import get_metric_models
-from benchmark.engine.objective import (
-    EvalBatch,
-    LatentEncoder,
-    diffusion_target,
-    tokenize,
-)
+from benchmark.engine.objective import DiffusionForward, EvalBatch, LatentEncoder
+from benchmark.engine.sampling import Sampler
+from benchmark.engine.steps import Update
 from benchmark.protocol.config import cache_root, ldet_variant
 
 log = logging.getLogger("dvar")
@@ -121,14 +119,14 @@ class Trajectory:
         image_captions = read_captions(folder, len(self.references), with_subject=True)
 
         method_cfg = cfg["method"]
-        method_class = METHODS.get(method_cfg["name"])
+        method_plugin = method_class(method_cfg)  # `method.plugin`, imported
         placeholder = method_cfg["placeholder_token"].format(concept=cfg["concept"])
         # The components the method changes come in fp32: its trainable weights start from the fp32
         # pretrained values; the frozen rest is lowered to the weight dtype once they are taken.
         backbone = load_backbone(cfg["model"], cache_root(cfg), share=self.share_models, device=self.device,
-                                 dtype=self.weight_dtype, modifies=method_class.modifies, placeholder=placeholder)
+                                 dtype=self.weight_dtype, modifies=method_plugin.modifies, placeholder=placeholder)
         self.backbone = backbone
-        self.method = method_class(method_cfg, backbone, self.concept, placeholder, cfg["seed"])
+        self.method = method_plugin(method_cfg, backbone, self.concept, placeholder, cfg["seed"])
         self._sampler = None
         self.method.prepare(self.sampler, cache_root(cfg), cfg["sampling"], cfg["progress"])
         self.method.setup()
@@ -142,9 +140,9 @@ class Trajectory:
             image_captions=image_captions,
         )
         self.encoder = LatentEncoder(backbone.vae, self.data, self.device, self.weight_dtype)
-        from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(backbone.scheduler_config)
+        self.forward = DiffusionForward(backbone, self.noise_scheduler, self.device, self.autocast, self.weight_dtype)
         side = backbone.resolution // backbone.vae_scale
         self.latent_shape = (backbone.unet.config.in_channels, side, side)
         adam = method_cfg["adam"]
@@ -165,8 +163,6 @@ class Trajectory:
         """The sampler on the live modules: it generates class images from the base model before the
         method changes it, and the evaluation samples of every checkpoint after."""
         if self._sampler is None:
-            from benchmark.engine.sampling import Sampler
-
             self._sampler = Sampler(self.backbone, self.cfg["sampling"], self.device, self.autocast)
         return self._sampler
 
@@ -175,7 +171,7 @@ class Trajectory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def train_update(self) -> dict:
+    def train_update(self) -> Update:
         """One optimizer update on a fresh random batch; returns the step's values: the loss, the
         unscaled gradient norm, and under fp16 the loss scale and whether the GradScaler skipped the
         update because the scaled gradients overflowed (their norm is then not a number: null)."""
@@ -194,12 +190,7 @@ class Trajectory:
         noise = torch.randn(latents.shape, generator=g).to(self.device)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(latents),), generator=g)
         t = t.to(self.device)
-        ids = tokenize(self.backbone.tokenizer, captions).to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        with self.autocast():
-            hidden = self.backbone.text_encoder(ids)[0]
-            pred = self.backbone.unet(noisy.to(self.weight_dtype), t, hidden).sample
-        target = diffusion_target(self.noise_scheduler, latents, noise, t)
+        pred, target = self.forward(latents, noise, t, self.forward.condition(captions))
         mask = batch.mask.to(self.device) if batch.mask is not None else None
         loss = self.method.loss(pred, target, mask, bs)
 
@@ -215,8 +206,7 @@ class Trajectory:
         self.scaler.step(self.optimizer)  # skips the update when the scaled gradients hold an inf or NaN
         self.scaler.update()
         skipped = None if scale is None else not math.isfinite(grad_norm)
-        return {"train_loss": float(loss.detach()), "grad_norm": None if skipped else grad_norm,
-                "loss_scale": scale, "update_skipped": skipped}
+        return Update(float(loss.detach()), None if skipped else grad_norm, scale, skipped)
 
     @property
     def lr(self) -> float:
@@ -226,15 +216,14 @@ class Trajectory:
     def eval_batch(self, ldet_cfg: dict) -> EvalBatch:
         key = ldet_variant(ldet_cfg)
         if key not in self.eval_batches:
-            self.eval_batches[key] = EvalBatch(ldet_cfg, self.data, self.encoder, self.backbone.tokenizer,
-                                               self.noise_scheduler, self.cfg["seed"] + int(ldet_cfg["seed_offset"]),
-                                               self.latent_shape)
+            self.eval_batches[key] = EvalBatch(ldet_cfg, self.data, self.encoder, self.forward,
+                                               self.cfg["seed"] + int(ldet_cfg["seed_offset"]), self.latent_shape)
         return self.eval_batches[key]
 
     def ldet(self, ldet_cfg: dict | None = None) -> dict[str, float]:
         """L_det (and its interval variants) of the current weights on the variant's batch."""
         batch = self.eval_batch(ldet_cfg or self.cfg["ldet"])
-        return batch.loss(self.backbone.unet, self.backbone.text_encoder, self.device, self.autocast)
+        return batch.loss()
 
     # ------------------------------------------------------------------------------------ state --
     def state(self) -> dict:

@@ -14,55 +14,27 @@ override works (e.g. `model=sd15` on a GPU machine).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from benchmark.core.provenance import device_name, versions
-from benchmark.protocol.config import compose
+from benchmark.engine.backbone import load_backbone
+from benchmark.engine.objective import EvalBatch
+from benchmark.engine.train import run_trajectory
+from benchmark.engine.trajectory import Trajectory
+from benchmark.measure import timing_profile
+from benchmark.measure.peers import compare
+from benchmark.measure.timing_profile import monitoring_cost, timed
+from benchmark.preflight.preflight import Preflight, estimate, format_estimate
+from benchmark.protocol.config import cache_root
+from benchmark.protocol.experiments import expand, load_experiment
 
 METHODS = ("textual_inversion", "dreambooth_lora", "custom_diffusion")
-
-
-def timed(trainer, fn) -> float:
-    trainer.sync()
-    t0 = time.perf_counter()
-    fn()
-    trainer.sync()
-    return time.perf_counter() - t0
-
-
-def trainer_for(method: str, overrides: list[str]):
-    from benchmark.engine.trajectory import Trajectory
-
-    extra = ["method.prior.num_class_images=4"] if method == "custom_diffusion" else []
-    cfg = compose([f"method={method}", "strategy=few_iters", "strategy.steps=1000000", "progress=false",
-                   *extra, *overrides])
-    trainer = Trajectory(cfg, share_models=True)
-    trainer.setup()
-    return trainer
-
-
-def monitoring_cost(method: str, overrides: list[str], steps: int, blocks: int, every: int) -> dict:
-    trainer = trainer_for(method, overrides)
-    for _ in range(3):
-        trainer.train_update()
-        trainer.ldet()
-
-    def strided():
-        for _ in range(every):
-            trainer.train_update()
-        trainer.ldet()
-
-    plain, monitored, sparse = [], [], []
-    for _ in range(blocks):
-        plain += [timed(trainer, trainer.train_update) for _ in range(steps)]
-        monitored += [timed(trainer, lambda: (trainer.train_update(), trainer.ldet())) for _ in range(steps)]
-        sparse += [timed(trainer, strided) / every for _ in range(max(1, steps // every))]
-    return {"plain": statistics.median(plain), "every": statistics.median(monitored),
-            "strided": statistics.median(sparse), "trainer": trainer}
 
 
 def alternate(a, b, rounds: int) -> tuple[float, float]:
@@ -80,10 +52,6 @@ def alternate(a, b, rounds: int) -> tuple[float, float]:
 
 def levers(trainer, overrides: list[str], rounds: int) -> list[tuple[str, float, float]]:
     """(lever, seconds without, seconds with) for the levers that can be switched off here."""
-    from benchmark.engine.backbone import load_backbone
-    from benchmark.engine.objective import EvalBatch
-    from benchmark.protocol.config import cache_root
-
     out = []
     cache = trainer.encoder.cache
 
@@ -111,10 +79,8 @@ def levers(trainer, overrides: list[str], rounds: int) -> list[tuple[str, float,
 
     def big_eval(forward_batch):
         cfg = dict(trainer.cfg["ldet"], batch_size=8, accumulation=16, forward_batch=forward_batch)
-        batch = EvalBatch(cfg, trainer.data, trainer.encoder, trainer.backbone.tokenizer, trainer.noise_scheduler,
-                          0, trainer.latent_shape)
-        return lambda: batch.loss(trainer.backbone.unet, trainer.backbone.text_encoder, trainer.device,
-                                  trainer.autocast)
+        batch = EvalBatch(cfg, trainer.data, trainer.encoder, trainer.forward, 0, trainer.latent_shape)
+        return batch.loss
 
     out.append(("grouped passes for L_det at 8 x 16 (forward_batch 32)",
                 *alternate(big_eval(0), big_eval(32), max(2, rounds // 4))))
@@ -130,9 +96,6 @@ def components(experiment: str, overrides: list[str], rounds: int) -> list[tuple
     """Per method of `experiment` (its DVAR run's config, models loaded once): the median seconds of
     an update, of the prior batch inside it (Custom Diffusion: class images drawn and VAE-encoded),
     of an L_det evaluation and of an in-loop evaluation, each timed alone."""
-    from benchmark.engine.trajectory import Trajectory
-    from benchmark.protocol.experiments import expand, load_experiment
-
     out = []
     for job in expand(load_experiment(experiment), ["progress=false", *overrides]):
         if job.cfg is None or job.strategy != "dvar":
@@ -155,11 +118,6 @@ def harness_overhead(overrides: list[str], tmp: str) -> dict:
     """The smoke experiment's Textual Inversion runs that decide as they go (Baseline, CLIP-s,
     DVAR), trained as one trajectory the way a sweep does, models already loaded: which share of
     the wall time is not updates, L_det or evaluation (setup, records, snapshots)."""
-    import json
-
-    from benchmark.engine.train import run_trajectory
-    from benchmark.protocol.experiments import expand, load_experiment
-
     jobs = [j for j in expand(load_experiment("smoke"), [f"paths.results={tmp}", *overrides], {"method": ["textual_inversion"]})
             if j.cfg is not None]
     cfgs = [dict(j.cfg, progress=False) for j in jobs]
@@ -174,8 +132,6 @@ def harness_overhead(overrides: list[str], tmp: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import tempfile
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model=tiny ldet.batch_size=8")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -232,17 +188,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{100 * (h['wall'] - h['work']) / h['wall']:.1f} % (setup {100 * h['setup'] / h['wall']:.1f} %, "
           f"loop bookkeeping {100 * h['loop_other'] / h['wall']:.1f} %)")
     if args.peers:
-        from benchmark.measure.peers import compare
-
         compare(args.peers, args.overrides, args.peer_steps)
 
 
 def record(args) -> None:
     """Measure the timing profile per method, write it, and price the paper's experiments with it."""
-    from benchmark.measure import timing_profile
-    from benchmark.preflight.preflight import Preflight, estimate, format_estimate
-    from benchmark.protocol.experiments import expand, load_experiment
-
     print(f"{'method':<20}{'update ms':>10}{'+L_det ms':>10}{'ratio':>7}{f'every {args.every}':>9}{'ratio':>7}"
           f"{'eval s':>8}{'image s@50':>11}{'peak GB':>9}")
     results = {}

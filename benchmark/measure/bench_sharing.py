@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmark.store import records
+from benchmark.sweep.cli import main as sweep
+
 
 def sweep_once(overrides: list[str], results: Path, share: bool) -> dict:
-    from benchmark.sweep.cli import main as sweep
-
     t0 = time.perf_counter()
     code = sweep([*overrides, f"paths.results={results}", f"launcher.share_trajectories={str(share).lower()}"])
     wall = time.perf_counter() - t0
@@ -32,8 +33,6 @@ def sweep_once(overrides: list[str], results: Path, share: bool) -> dict:
 
 
 def same_records(a: Path, b: Path) -> bool:
-    from benchmark.store import records
-
     timing = ["train_s", "ldet_s", "sampling_s", "wall_s", "scoring_s", "total_s", "time_s", "setup_s",
               "final_eval_s", "started_at", "finished_at", "config_json", "hostname", "slurm_job_id"]
     for table, keys in (("runs", ["run_id"]), ("steps", ["run_id", "step"]), ("evals", ["run_id", "step", "phase"])):

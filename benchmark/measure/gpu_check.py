@@ -30,7 +30,10 @@ from pathlib import Path
 from benchmark.core.cli_args import Spec, UsageError, as_list, as_number, fail, progress
 from benchmark.core.cli_args import parse as parse_args
 from benchmark.core.errors import ConfigError
+from benchmark.core.provenance import device_name
+from benchmark.measure.kill_trials import MOMENTS, difference
 from benchmark.protocol.config import compose, validate
+from benchmark.sweep.local import die_with_parent
 
 PROG = "python -m benchmark.measure.gpu_check"
 SPECS = {None: Spec(keys=("out", "methods", "precisions", "tolerance"), overrides=True)}
@@ -66,9 +69,11 @@ examples:
 
 def measure(methods: list[str], precisions: list[str], overrides: list[str]) -> dict:
     """Timings, memory and L_det determinism per precision and method, in this process."""
-    import torch
+    import torch  # torch: --help and bad arguments answer without it
 
-    from benchmark.measure import timing_profile
+    from benchmark.measure import (
+        timing_profile,  # torch: --help and bad arguments answer without it
+    )
 
     overrides = [*overrides, *TIMING_SAMPLING]
     out: dict = {}
@@ -95,8 +100,6 @@ def kill_check(folder: Path, methods: list[str], precisions: list[str], override
                tolerance: float) -> dict:
     """Uninterrupted short runs, then the same runs in a process killed after every snapshot and
     relaunched until done; the records compared."""
-    from benchmark.measure.kill_trials import difference
-
     shutil.rmtree(folder, ignore_errors=True)  # a check of its own, never a resumed one
     folder.mkdir(parents=True)
     runs = [[*overrides, *KILL_RUN, f"method={m}", *PER_METHOD.get(m, []), f"mixed_precision={p}"]
@@ -125,9 +128,6 @@ def kill_check(folder: Path, methods: list[str], precisions: list[str], override
 def _child(spec: Path, results: Path, kill_after_snapshot: bool) -> bool:
     """Run the runs of `spec` in a fresh process; with `kill_after_snapshot`, SIGKILL it once a new
     snapshot appears. True if it was killed."""
-    from benchmark.measure.kill_trials import MOMENTS
-    from benchmark.sweep.local import die_with_parent
-
     cmd = [sys.executable, "-m", "benchmark.measure.gpu_check", "--child", str(spec), str(results)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                             preexec_fn=die_with_parent, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -145,8 +145,9 @@ def _child(spec: Path, results: Path, kill_after_snapshot: bool) -> bool:
 
 def child(spec: Path, results: Path) -> None:
     """The runs of `spec`, one after another in this process, sharing the loaded models."""
-    from benchmark.engine.train import run
-    from benchmark.protocol.config import compose
+    from benchmark.engine.train import (
+        run,  # torch: --help and bad arguments answer without it
+    )
 
     for overrides in json.loads(spec.read_text()):
         run(compose([*overrides, f"paths.results={results}", "experiment=gpu_check"]), share_models=True)
@@ -154,7 +155,9 @@ def child(spec: Path, results: Path) -> None:
 
 def profile_of(timings: dict, out: Path, overrides: list[str]) -> Path | None:
     """The fp16 timings (what `mixed_precision=auto` runs on CUDA) as the preflight's timing profile."""
-    from benchmark.measure import timing_profile
+    from benchmark.measure import (
+        timing_profile,  # torch: --help and bad arguments answer without it
+    )
 
     fp16 = timings.get("fp16")
     if not fp16:
@@ -210,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(cfg)
     except (UsageError, ConfigError) as err:
         return fail(err)
-    from benchmark.core.provenance import device_name
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -22,8 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 
+from benchmark.store import records
 from benchmark.sweep.local import die_with_parent
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -92,8 +95,6 @@ def difference(a: Path, b: Path, tolerance: float = 0.0) -> str:
     """What differs between two results folders' records (IGNORED aside); "" when nothing does.
     With a `tolerance`, numeric columns may differ by that much relative to their values (a GPU
     without deterministic kernels for every op); everything else must be identical."""
-    from benchmark.store import records
-
     for table, keys in (("runs", ["run_id"]), ("steps", ["run_id", "step"]), ("evals", ["run_id", "step", "phase"])):
         x, y = (records.read(r, table) for r in (a, b))
         x, y = (d.drop(columns=[c for c in IGNORED if c in d.columns]).sort_values(keys).reset_index(drop=True)
@@ -113,9 +114,6 @@ def difference(a: Path, b: Path, tolerance: float = 0.0) -> str:
 
 def relative_difference(x, y) -> float:
     """The largest |x - y| / max(|x|, |y|) over two columns (inf for non-numeric or missing mismatches)."""
-    import numpy as np
-    import pandas as pd
-
     if not (pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y)) or \
             not x.isna().equals(y.isna()):
         return float("inf")

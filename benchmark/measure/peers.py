@@ -22,6 +22,7 @@ from pathlib import Path
 
 from benchmark.concepts.manifest import CONCEPTS_DIR
 from benchmark.engine.backbone import resolve_pretrained
+from benchmark.protocol.config import compose
 
 PEER_SCRIPTS = {"textual_inversion": "textual_inversion.py", "dreambooth_lora": "train_dreambooth_lora.py"}
 
@@ -53,8 +54,6 @@ def wall(cmd: list[str], cwd: Path) -> float:
 
 
 def compare(peers: str, overrides: list[str], steps: tuple[int, int]) -> None:
-    from benchmark.protocol.config import compose
-
     cfg = compose(overrides)
     model, _ = resolve_pretrained(cfg["model"], Path(cfg["paths"]["cache"]).expanduser())
     project = Path(__file__).resolve().parents[2]

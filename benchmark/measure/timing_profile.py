@@ -9,6 +9,7 @@ real-shape twin (model=sd15_twin metrics=real_twin) measures the same as SD v1.5
 
 from __future__ import annotations
 
+import statistics
 import time
 from datetime import date
 from pathlib import Path
@@ -17,6 +18,46 @@ import torch
 import yaml
 
 from benchmark.core.provenance import device_name, versions
+from benchmark.engine.trajectory import Trajectory
+from benchmark.protocol.config import compose
+
+
+# Timing one trajectory's steps: shared with benchmark.measure.bench.
+def timed(trainer, fn) -> float:
+    trainer.sync()
+    t0 = time.perf_counter()
+    fn()
+    trainer.sync()
+    return time.perf_counter() - t0
+
+
+def trainer_for(method: str, overrides: list[str]):
+    extra = ["method.prior.num_class_images=4"] if method == "custom_diffusion" else []
+    cfg = compose([f"method={method}", "strategy=few_iters", "strategy.steps=1000000", "progress=false",
+                   *extra, *overrides])
+    trainer = Trajectory(cfg, share_models=True)
+    trainer.setup()
+    return trainer
+
+
+def monitoring_cost(method: str, overrides: list[str], steps: int, blocks: int, every: int) -> dict:
+    trainer = trainer_for(method, overrides)
+    for _ in range(3):
+        trainer.train_update()
+        trainer.ldet()
+
+    def strided():
+        for _ in range(every):
+            trainer.train_update()
+        trainer.ldet()
+
+    plain, monitored, sparse = [], [], []
+    for _ in range(blocks):
+        plain += [timed(trainer, trainer.train_update) for _ in range(steps)]
+        monitored += [timed(trainer, lambda: (trainer.train_update(), trainer.ldet())) for _ in range(steps)]
+        sparse += [timed(trainer, strided) / every for _ in range(max(1, steps // every))]
+    return {"plain": statistics.median(plain), "every": statistics.median(monitored),
+            "strided": statistics.median(sparse), "trainer": trainer}
 
 
 def _peak_memory_gb(device: torch.device) -> float | None:
@@ -26,8 +67,6 @@ def _peak_memory_gb(device: torch.device) -> float | None:
 
 
 def measure(method: str, overrides: list[str], steps: int, blocks: int, every: int) -> dict:
-    from benchmark.measure.bench import monitoring_cost, timed
-
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

@@ -9,12 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark.concepts.images import image_files, load_concept_images
+from benchmark.concepts.manifest import concept_folder, get_concept
 from benchmark.core.errors import ConfigError
+from benchmark.core.fs import writable
+from benchmark.engine.class_images import generated_folder
+from benchmark.protocol.config import cache_root, validate
+from benchmark.weights.fetch import missing_listing
 
 
 def configs(jobs) -> list[str]:
-    from benchmark.protocol.config import validate
-
     failing: dict[str, list[str]] = {}
     for job in jobs:
         if job.cfg is not None:
@@ -28,9 +32,6 @@ def configs(jobs) -> list[str]:
 
 def concepts(jobs, data: Path) -> list[str]:
     """Every concept of the grid is there and every image decodes."""
-    from benchmark.concepts.images import load_concept_images
-    from benchmark.concepts.manifest import concept_folder
-
     problems, absent = [], []
     for concept in sorted({j.concept for j in jobs}):
         try:
@@ -51,8 +52,6 @@ def concepts(jobs, data: Path) -> list[str]:
 
 
 def weights_present(files, overrides: list[str]) -> list[str]:
-    from benchmark.weights.fetch import missing_listing
-
     missing = [f for f in files if not f.local and f.cached() is None]  # local files: the load check names them
     if not missing:
         return []
@@ -78,17 +77,13 @@ def weights_load(overrides: list[str]) -> tuple[list[str], list[str]]:
 def class_images(cfgs: list[dict]) -> tuple[list[str], int]:
     """Custom Diffusion's class images: a given folder must hold them; generated ones must be in the
     cache or the cache writable. Returns (problems, images still to generate)."""
-    from benchmark.concepts.images import image_files
-    from benchmark.concepts.manifest import get_concept
-    from benchmark.core.fs import writable
+    # torch (the engine): only for grids with class images
     from benchmark.engine.backbone import built_folder, resolve_pretrained
-    from benchmark.engine.class_images import generated_folder
-    from benchmark.protocol.config import cache_root
 
     problems, missing = [], {}
     for cfg in cfgs:
-        prior = cfg["method"].get("prior")
-        if cfg["method"]["name"] != "custom_diffusion" or not prior:
+        prior = cfg["method"].get("prior")  # a method with prior preservation (its conf has `prior`)
+        if not prior:
             continue
         class_prompt = prior["class_prompt"].format(class_noun=get_concept(cfg["concept"]).class_noun)
         if prior.get("class_images_dir"):
@@ -112,8 +107,6 @@ def class_images(cfgs: list[dict]) -> tuple[list[str], int]:
 
 
 def results_folder(results: Path) -> list[str]:
-    from benchmark.core.fs import writable
-
     if writable(results):
         return []
     return [f"paths.results={results}: not writable by this user; choose a folder you can write (it is created "

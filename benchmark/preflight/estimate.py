@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.core.errors import ConfigError, read_yaml
+from benchmark.protocol.config import ldet_variant, logs_ldet
+from benchmark.protocol.strategies import display_names, make_strategy
 
 PAPER_TABLES = Path(__file__).resolve().parents[2] / "analysis" / "paper_tables.csv"
-PAPER_NAMES = {"textual_inversion": "Textual Inversion", "dreambooth_lora": "DreamBooth-LoRA",
-               "custom_diffusion": "Custom Diffusion", "baseline": "Baseline", "clip_s": "CLIP-s", "dvar": "DVAR",
-               "few_iters_mean": "Few iters (mean)", "few_iters_max": "Few iters (max)"}
+# The paper's names of the strategies (their display names); a method's is its conf's `paper_name` (none: no
+# paper values).
+PAPER_NAMES = display_names()
 METHOD_KEYS = ("update_s", "ldet_s", "image_s")
 MARGIN, SLACK_MIN = 1.25, 10  # time limit = worst case x MARGIN + SLACK_MIN, rounded up to 10 minutes
 
@@ -94,25 +96,18 @@ class RunCost:
     worst_updates: int
     expected_s: float
     worst_s: float
+    paper_method: str | None = None  # the method's name in the paper's tables (`method.paper_name`)
 
 
-def _evaluations(strategy: dict, updates: float) -> float:
-    """In-loop evaluations plus the final one (strategies that report their last step sample it)."""
-    name, every = strategy["name"], strategy.get("eval_every") or 0
-    if name == "baseline":
-        return math.ceil(updates / every)
-    if name == "clip_s":
-        return math.floor(updates / every)
-    return 1.0
+def strategy_of(cfg: dict):
+    """The run's strategy object, which prices its schedule."""
+    return make_strategy(cfg["strategy"], cfg["ldet"]["every"])
 
 
 def ldet_steps(cfg: dict, updates: float, start: int = 0) -> set[int]:
     """The steps after `start` (and step 0 itself for a pass from 0) at which a run computes L_det
     (benchmark.protocol.config.logs_ldet: what its criterion watches and what `ldet.log` adds)."""
-    from benchmark.protocol.config import logs_ldet
-    from benchmark.protocol.strategies import strategy_class
-
-    watched = strategy_class(cfg["strategy"]["name"]).needs_ldet
+    watched = strategy_of(cfg).needs_ldet
     first = start + 1 if start else 0
     return {s for s in range(first, int(updates) + 1) if logs_ldet(cfg["ldet"], watched, s)}
 
@@ -129,7 +124,7 @@ def run_seconds(cfg: dict, profile: Profile, updates: float, n_val_prompts: int)
     n_val = sampling.get("n_val_prompts") or n_val_prompts
     images = sampling["n_train_prompts"] + n_val * sampling["images_per_val_prompt"]
     image_s = m["image_s"] * sampling["steps"] / 50
-    evals = _evaluations(cfg["strategy"], updates)
+    evals = strategy_of(cfg).evaluations(updates)
     return profile.setup_s + updates * m["update_s"] + passes * m["ldet_s"] + evals * images * image_s
 
 
@@ -139,12 +134,10 @@ def run_cost(cfg: dict, label: str, profile: Profile, paper: dict, n_val_prompts
     cap = int(strategy.get("steps") or strategy.get("max_steps"))
     if derived_steps is not None:
         cap = derived_steps
-    expected = float(cap)
-    if strategy["name"] in ("clip_s", "dvar"):
-        mean = paper.get((PAPER_NAMES.get(cfg["method"]["name"]), PAPER_NAMES.get(label), "Iterations"))
-        expected = min(float(cap), mean) if mean else float(cap)
+    mean = paper.get((cfg["method"].get("paper_name"), PAPER_NAMES.get(label), "Iterations"))
+    expected = strategy_of(cfg).expected_updates(cap, mean)
     return RunCost(cfg["method"]["name"], label, expected, cap, run_seconds(cfg, profile, expected, n_val_prompts),
-                   run_seconds(cfg, profile, cap, n_val_prompts))
+                   run_seconds(cfg, profile, cap, n_val_prompts), cfg["method"].get("paper_name"))
 
 
 @dataclass
@@ -157,8 +150,6 @@ class TrajectoryCost:
 def _pass_seconds(members: list[tuple[dict, float, int]], profile: Profile, n_val_prompts: int) -> float:
     """One pass along a trajectory observed by `members` = (config, expected updates, start step),
     setup aside."""
-    from benchmark.protocol.config import ldet_variant
-
     cfg0 = members[0][0]
     m = profile.method(cfg0["method"]["name"])
     start = min(s for _, _, s in members)
@@ -172,10 +163,9 @@ def _pass_seconds(members: list[tuple[dict, float, int]], profile: Profile, n_va
     eval_steps: set[int] = set()
     finals = 0
     for cfg, u, _ in members:
-        strategy = cfg["strategy"]
-        if strategy["name"] in ("baseline", "clip_s"):
-            every = strategy["eval_every"]
-            eval_steps |= set(range(every, int(u) + 1, every)) | ({int(u)} if strategy["name"] == "baseline" else set())
+        strategy = strategy_of(cfg)
+        if strategy.evaluates_in_loop:
+            eval_steps |= strategy.eval_steps(u)
         else:
             finals += 1
     sampling = cfg0["sampling"]

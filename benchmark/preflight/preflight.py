@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from benchmark.concepts.manifest import get_concept
 from benchmark.core.errors import ConfigError
+from benchmark.core.provenance import project_path
 from benchmark.preflight import checks
 from benchmark.preflight.estimate import (
     PAPER_NAMES,
@@ -19,6 +21,9 @@ from benchmark.preflight.estimate import (
     time_limit_min,
     trajectory_cost,
 )
+from benchmark.protocol.config import trajectory_id
+from benchmark.protocol.strategies import REFERENCE, strategy_class
+from benchmark.weights.files import required
 
 
 @dataclass
@@ -45,15 +50,14 @@ def job_configs(jobs) -> list[tuple[object, dict, int | None]]:
     """(job, config, derived steps) for every job: a derived Few-iters job borrows its CLIP-s
     sibling's config and, until its CLIP-s runs finish, the paper's step count of the method (at most
     the CLIP-s cap)."""
-    siblings = {(j.method, j.concept, j.seed): j.cfg for j in jobs if j.strategy == "clip_s" and j.cfg}
+    siblings = {(j.strategy, j.method, j.concept, j.seed): j.cfg for j in jobs if j.cfg}
     out = []
     for job in jobs:
         if job.cfg is not None:
             out.append((job, job.cfg, None))
             continue
-        cfg = siblings[(job.method, job.concept, job.seed)]
-        steps = min(int(cfg["method"]["protocol"]["few_iters"][job.derive]), int(cfg["strategy"]["max_steps"]))
-        cfg = {**cfg, "strategy": {"name": "few_iters", "label": job.strategy, "steps": steps}}
+        derived = strategy_class(job.strategy)
+        cfg, steps = derived.derived_config(siblings[(derived.derived_from, job.method, job.concept, job.seed)])
         out.append((job, cfg, steps))
     return out
 
@@ -61,10 +65,6 @@ def job_configs(jobs) -> list[tuple[object, dict, int | None]]:
 def estimate(jobs, launcher: dict, missing_class_images: int, runs_per_job: int | None = None):
     """(the cost of each run on its own, of each trajectory as the sweep trains it, of the class
     images, the profile), or empty costs when the launcher's profile does not cover the model."""
-    from benchmark.concepts.manifest import get_concept
-    from benchmark.core.provenance import project_path
-    from benchmark.protocol.config import trajectory_id
-
     if not launcher.get("timing"):
         return [], [], 0.0, None
     profile = load_profile(project_path(launcher["timing"]))
@@ -87,8 +87,6 @@ def estimate(jobs, launcher: dict, missing_class_images: int, runs_per_job: int 
 
 def run_preflight(jobs, env: dict, overrides: list[str], runs_per_job: int | None = None,
                   load_weights: bool = True) -> Preflight:
-    from benchmark.weights.files import required
-
     pf = Preflight()
     cfgs = [c for _, c, _ in job_configs(jobs)]
     bad_configs = checks.configs(jobs)
@@ -132,12 +130,14 @@ def weights_label(cached: int, loaded: bool, skipped: list[str]) -> str:
     return ", ".join(parts) or "no weight files to fetch (models built from config)"
 
 
-def paper_minutes(paper: dict, method: str, strategy: str, cap: int) -> float | None:
+def paper_minutes(paper: dict, paper_method: str | None, strategy: str, cap: int) -> float | None:
     """The paper's Table 1 minutes for this cell, where the budget is the paper's (else None)."""
-    m, s = PAPER_NAMES.get(method), PAPER_NAMES.get(strategy)
+    m, s = paper_method, PAPER_NAMES.get(strategy)
     if not m or not s:
         return None
-    budget = paper.get((m, "Baseline" if strategy in ("baseline", "clip_s", "dvar") else s, "Iterations"))
+    # a strategy with the method's whole budget as its cap is priced against the reference's iterations
+    own = strategy_class(strategy)
+    budget = paper.get((m, PAPER_NAMES[REFERENCE] if own.budget_key == "max_steps" else s, "Iterations"))
     return paper.get((m, s, "Time, min")) if budget == cap else None
 
 
@@ -156,7 +156,7 @@ def format_estimate(pf: Preflight, launcher: dict, explain_missing: bool = False
            f"{'paper min':>10}"]
     for (method, strategy), cs in groups.items():
         n = len(cs)
-        paper_min = paper_minutes(paper, method, strategy, max(c.worst_updates for c in cs))
+        paper_min = paper_minutes(paper, cs[0].paper_method, strategy, max(c.worst_updates for c in cs))
         out.append(f"  {method:<19}{strategy:<16}{n:>5}{sum(c.expected_updates for c in cs) / n:>9.0f}"
                    f"{sum(c.expected_s for c in cs) / n / 60:>9.1f}{sum(c.expected_s for c in cs) / 3600:>8.1f}"
                    f"{max(c.worst_s for c in cs) / 60:>10.1f}{f'{paper_min:.1f}' if paper_min else '-':>10}")
@@ -174,7 +174,7 @@ def format_estimate(pf: Preflight, launcher: dict, explain_missing: bool = False
     if pf.time_limit_min:
         given = launcher.get("timeout_min") not in (None, "auto")
         out.append(f"  Slurm time limit per job: {pf.time_limit_min} min" + (" (launcher.timeout_min)" if given else
-                   f" (the longest trajectory's worst case x 1.25 + 10 min; set launcher.timeout_min to choose)"))
+                   " (the longest trajectory's worst case x 1.25 + 10 min; set launcher.timeout_min to choose)"))
     return out
 
 

@@ -5,14 +5,27 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import importlib.util
 import json
-import math
+import os
 import re
 import time
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+from benchmark.concepts.images import concept_digest
+from benchmark.concepts.manifest import get_concept, load_manifest
+from benchmark.core import plugins
 from benchmark.core.errors import ConfigError, boolean, choice, integer, number
+from benchmark.core.provenance import project_path
 from benchmark.core.registry import did_you_mean, unknown_name_error
+from benchmark.protocol.strategies import MAX_STEPS, check_protocol, make_strategy
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -21,6 +34,8 @@ NON_SEMANTIC = (
     "experiment", "paths", "device", "deterministic", "progress", "log_every", "checkpoint_every", "num_workers",
     "launcher", "sweep", "sampling.batch_size", "sampling.save_images", "ldet.forward_batch",
     "model.sampler",  # only the default of sampling.scheduler, which is hashed
+    "method.plugin", "method.paper_name",  # where a method's code lives and its name in the paper; `method.name` is hashed
+    "records", "logger",  # when the records are written and where else the rows go
 )
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 # The samplers of evaluation images, by name (benchmark.engine.sampling builds them).
@@ -29,9 +44,6 @@ SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolve
 
 def resolve(cfg) -> dict:
     """A Hydra/OmegaConf config → a plain, fully resolved dict; missing values become ConfigErrors."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
-
     if not isinstance(cfg, DictConfig):
         return copy.deepcopy(dict(cfg))
     try:
@@ -46,15 +58,11 @@ def resolve(cfg) -> dict:
 def compose(overrides: list[str]) -> dict:
     """conf/run.yaml composed with Hydra overrides, resolved to the plain dict a run receives; a bad
     override is a one-line ConfigError."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
     GlobalHydra.instance().clear()
+    search = [f"hydra.searchpath=[{','.join(f'file://{d}' for d in extra_conf_dirs())}]"] if extra_conf_dirs() else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
-            cfg = resolve(hydra_compose(config_name="run", overrides=list(overrides)))
+            cfg = resolve(hydra_compose(config_name="run", overrides=[*search, *overrides]))
         except HydraException as err:
             first = str(err).splitlines()[0]
             raise ConfigError(f"bad override: {first} (`python -m benchmark.run --help` lists the groups and keys).") \
@@ -64,13 +72,16 @@ def compose(overrides: list[str]) -> dict:
 
 
 # The only places where a config may gain keys (`+key=value`): free-form dicts passed on as they are.
-OPEN_KEYS = ("launcher.additional_parameters", "metrics.dino.kwargs", "metrics.clip.config")
+OPEN_KEYS = ("launcher.additional_parameters", "metrics.dino.kwargs", "metrics.clip.config",
+             "strategy.params")  # strategy=custom: its criterion's keyword arguments, which it checks itself
+# Keys a conf reads only where they are set (`${oc.select:...}`): `+key=value` is how to set them.
+OPTIONAL_KEYS = ("method.protocol.clip_s.max_steps",)  # conf/strategy/clip_s.yaml: CLIP-s's own cap
 
 
 def refuse_new_keys(overrides: list[str], known: list[str]) -> None:
     """A `+key=value` that adds a key nothing reads would change the run id and do nothing."""
     added = [o.lstrip("+").split("=", 1)[0] for o in overrides if o.startswith("+")]
-    added = [k for k in added if not any(k == p or k.startswith(p + ".") for p in OPEN_KEYS)]
+    added = [k for k in added if not any(k == p or k.startswith(p + ".") for p in (*OPEN_KEYS, *OPTIONAL_KEYS))]
     if not added:
         return
     base = compose(known)
@@ -114,8 +125,6 @@ def concept_images(concept: str, data: str) -> str | None:
     """A digest of the files a run reads from the concept's folder (images, captions.txt), or None
     while they are not there (not fetched yet). Named for the images alone, as it was first: a new
     name would change every run id."""
-    from benchmark.concepts.manifest import load_manifest
-
     known = load_manifest().get(concept)
     folder = known.folder(Path(data)) if known else None
     if folder is None or not folder.is_dir():
@@ -140,8 +149,6 @@ RACY_NS = 2_000_000_000
 @functools.lru_cache(maxsize=4096)
 def _digest(folder: str, stamp: tuple) -> str | None:
     """Cached per folder state: each file is hashed once per process while it does not change."""
-    from benchmark.concepts.images import concept_digest
-
     try:
         return concept_digest(Path(folder))
     except (ConfigError, OSError):
@@ -201,8 +208,6 @@ def _seed(key, value):
 
 
 def _steps(lo: int = 1, note: str = ""):
-    from benchmark.protocol.strategies import MAX_STEPS
-
     return lambda key, value: integer(key, value, lo, MAX_STEPS, note)
 
 
@@ -245,6 +250,17 @@ def _path(key, value):
     _check(isinstance(value, str) and value.strip() != "", f"{key} must be a folder path (got {value!r}).")
 
 
+# Optional live views of the runs (benchmark.engine.loggers), each with its pip extra.
+LOGGERS = ("none", "tensorboard", "wandb")
+
+
+def _logger(key, value):
+    """A known logger whose package is installed: a sweep must not find out at its first step."""
+    choice(key, value, LOGGERS)
+    _check(value == "none" or importlib.util.find_spec(value) is not None,
+           f"{key}={value} needs the {value} package: pip install 'dvar-bench[{value}]' (or set {key}=none).")
+
+
 def _guidance(key, value):
     return number(key, value, 1, 100, note="1: no classifier-free guidance")
 
@@ -265,6 +281,8 @@ KEYS = {
     "num_workers": _ints(0, 64),
     "checkpoint_every": _steps(0, "0: a snapshot at the end only"),
     "log_every": _steps(),
+    "records.flush_every": _steps(),
+    "logger": _logger,
     "progress": boolean,
     "paths.results": _path,
     "paths.data": _path,
@@ -323,28 +341,7 @@ def _check_keys(cfg: dict) -> None:
             check(dotted, node)
 
 
-def _check_can_act(strategy) -> None:
-    """Settings under which a strategy could never stop before its budget are refused."""
-    s = strategy.cfg
-    if strategy.name == "dvar":
-        every = strategy.ldet_every
-        first = every * math.ceil(s["window"] / every)  # the step of its first decision: one value past the window
-        _check(first <= strategy.max_steps,
-               (f"strategy.window={s['window']} exceeds strategy.max_steps={strategy.max_steps}" if every == 1 else
-                f"with strategy.window={s['window']} and ldet.every={every} DVAR decides first at step {first}, beyond "
-                f"strategy.max_steps={strategy.max_steps}")
-               + ": DVAR could never stop before its budget. Lower strategy.window or raise strategy.max_steps.")
-    if strategy.name == "clip_s":
-        earliest = s["eval_every"] * (s["patience"] + 2)
-        _check(earliest <= strategy.max_steps,
-               f"CLIP-s evaluates every {s['eval_every']} steps with patience {s['patience']}, so it could stop at step "
-               f"{earliest} at the earliest, beyond strategy.max_steps={strategy.max_steps}. Lower strategy.eval_every "
-               "or strategy.patience, or raise strategy.max_steps.")
-
-
 def _check_model(model: dict) -> None:
-    from benchmark.core.provenance import project_path
-
     res = model.get("resolution")
     _check(isinstance(res, int) and not isinstance(res, bool) and 16 <= res <= 4096 and res % 8 == 0,
            f"model.resolution must be a multiple of 8 from 16 to 4096 (got {res!r}).")
@@ -360,19 +357,17 @@ def _check_model(model: dict) -> None:
 
 def validate(cfg: dict) -> None:
     """Every check that can fail before loading a model; errors name the key and the fix."""
-    from benchmark.concepts.manifest import get_concept
-    from benchmark.engine.methods import METHODS
-    from benchmark.protocol.strategies import MAX_STEPS, check_protocol, make_strategy
-
     for key in ("method", "strategy", "model", "ldet", "sampling", "metrics", "concept", "seed"):
         _check(key in cfg, f"Config has no `{key}` section; run through `python -m benchmark.run` "
                            "or compose conf/run.yaml.")
-    METHODS.get(cfg["method"]["name"])
+    plugins.check(cfg["method"].get("plugin"), "method.plugin")  # found, not imported: no torch here
+    if cfg["model"].get("backbone"):
+        plugins.check(cfg["model"]["backbone"], "model.backbone")
     _check_keys(cfg)
     ldet = cfg["ldet"]
     check_protocol(cfg["method"].get("protocol") or {})  # first: conf/strategy/ interpolates these values
     strategy = make_strategy(cfg["strategy"], ldet["every"])
-    _check_can_act(strategy)
+    strategy.check_can_act()
     get_concept(cfg["concept"])
     _check_model(cfg["model"])
 
@@ -411,9 +406,15 @@ def cache_root(cfg: dict) -> Path:
 GROUPS = ("model", "metrics", "method", "strategy", "launcher")
 
 
+def extra_conf_dirs() -> list[Path]:
+    """Folders of config files of your own, searched after conf/ (env DVAR_CONF_PATH, separated like
+    PATH): a method kept outside the project is its module on PYTHONPATH plus <folder>/method/<name>.yaml."""
+    return [Path(d).expanduser().resolve() for d in os.environ.get("DVAR_CONF_PATH", "").split(os.pathsep) if d]
+
+
 def group_options(group: str) -> list[str]:
     default = default_option(group)
-    names = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    names = sorted({p.stem for d in (CONF_DIR, *extra_conf_dirs()) for p in (d / group).glob("*.yaml")})
     return [default, *(n for n in names if n != default)] if default in names else names
 
 

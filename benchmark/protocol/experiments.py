@@ -11,6 +11,7 @@ An experiment file (conf/experiments/<name>.yaml) is data, reviewed like code:
       seed: [59]
     variants: [[ldet.batch_size=1], [ldet.batch_size=8]]   # optional, crossed with the grid
     per_method: {custom_diffusion: [method.prior.num_class_images=4]}
+    per_strategy: {custom: [strategy.criterion=examples/plateau_criterion.py:Plateau]}   # optional
     few_iters: derive                 # derive (from this sweep's CLIP-s stop steps) | pinned
     base: toy_table1                  # optional: start from that experiment's keys; these replace them,
                                       # except `overrides`, which come after the base's
@@ -24,10 +25,15 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.concepts.manifest import load_manifest
 from benchmark.core.errors import ConfigError, read_yaml
 from benchmark.core.registry import unknown_name_error
 from benchmark.protocol.config import compose, run_id, trajectory_id
-from benchmark.protocol.strategies import strategy_class
+from benchmark.protocol.strategies import (
+    DERIVED_KEY,
+    derivation_sources,
+    strategy_class,
+)
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiments"
 GRID_KEYS = ("method", "strategy", "concept", "seed")
@@ -51,7 +57,8 @@ def load_experiment(name: str) -> dict:
         own = list(exp.pop("overrides", None) or [])
         exp = {**{k: v for k, v in base.items() if k not in ("name", "path")}, **exp}
         exp["overrides"] = list(base.get("overrides") or []) + own
-    unknown = set(exp) - {"description", "overrides", "grid", "variants", "per_method", "few_iters", "runs_per_job"}
+    unknown = set(exp) - {"description", "overrides", "grid", "variants", "per_method", "per_strategy", DERIVED_KEY,
+                        "runs_per_job"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; see benchmark/sweep/plan.py for the format.")
     missing = [k for k in GRID_KEYS if not isinstance(exp.get("grid"), dict) or k not in exp["grid"]]
@@ -61,8 +68,8 @@ def load_experiment(name: str) -> dict:
     per_job = exp.get("runs_per_job")
     if per_job is not None and (isinstance(per_job, bool) or not isinstance(per_job, int) or per_job < 1):
         raise ConfigError(f"{path}: runs_per_job must be a positive integer (got {per_job!r}).")
-    if exp.get("few_iters", "derive") not in ("derive", "pinned"):
-        raise ConfigError(f"{path}: few_iters must be derive or pinned (got {exp['few_iters']!r}).")
+    if exp.get(DERIVED_KEY, "derive") not in ("derive", "pinned"):
+        raise ConfigError(f"{path}: {DERIVED_KEY} must be derive or pinned (got {exp[DERIVED_KEY]!r}).")
     exp["name"] = path.stem
     exp["path"] = str(path)
     return exp
@@ -73,17 +80,19 @@ def check_lists(path: Path, exp: dict) -> None:
     def is_list(value, kind=str) -> bool:
         return isinstance(value, list) and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
 
-    examples = {"method": "textual_inversion", "strategy": "dvar", "concept": "cat, dog", "seed": "59"}
+    examples = {"method": "NAME", "strategy": "NAME", "concept": "cat, dog", "seed": "59"}
     for key in GRID_KEYS:
         value = exp["grid"][key]
         if not (value and is_list(value, int if key == "seed" else str)) and not (key == "concept" and value == "all"):
             raise ConfigError(f"{path}: grid.{key} must be a list, e.g. {key}: [{examples[key]}] (got {value!r}).")
     variants, per_method = exp.get("variants") or [], exp.get("per_method") or {}
-    if not isinstance(variants, list) or not isinstance(per_method, dict):
-        raise ConfigError(f"{path}: variants must be a list of override lists and per_method a map from a method to "
-                          "its overrides (see benchmark/sweep/plan.py).")
+    per_strategy = exp.get("per_strategy") or {}
+    if not isinstance(variants, list) or not isinstance(per_method, dict) or not isinstance(per_strategy, dict):
+        raise ConfigError(f"{path}: variants must be a list of override lists, per_method and per_strategy "
+                          "maps from a method or a strategy to its overrides (see benchmark/protocol/experiments.py).")
     for key, value in [("overrides", exp.get("overrides") or []), *((f"variants[{i}]", v) for i, v in enumerate(variants)),
-                       *((f"per_method.{m}", v) for m, v in per_method.items())]:
+                       *((f"per_method.{m}", v) for m, v in per_method.items()),
+                       *((f"per_strategy.{m}", v) for m, v in per_strategy.items())]:
         if not is_list(value):
             raise ConfigError(f"{path}: {key} must be a list of key=value overrides, e.g. [model=tiny] (got {value!r}).")
 
@@ -133,8 +142,6 @@ class Composer:
 
 def _concepts(value) -> list[str]:
     if value == "all":
-        from benchmark.concepts.manifest import load_manifest
-
         return [c.name for c in load_manifest().values() if c.source != "bundled"]
     return list(value)
 
@@ -150,26 +157,30 @@ def expand(exp: dict, cli_overrides: list[str], narrow: dict | None = None, comp
     for variant in exp.get("variants") or [[]]:
         for method, strategy, concept, seed in itertools.product(*(grid[k] for k in GRID_KEYS)):
             overrides = [*exp.get("overrides", []), f"experiment={exp['name']}", f"method={method}",
-                         f"strategy={strategy}", *exp.get("per_method", {}).get(method, []), *variant,
+                         f"strategy={strategy}", *exp.get("per_method", {}).get(method, []),
+                         *exp.get("per_strategy", {}).get(strategy, []), *variant,
                          *cli_overrides]
             job = Job(method, strategy, concept, int(seed), overrides)
             derive = strategy_class(strategy).derive
-            if derive and exp.get("few_iters", "derive") == "derive":
+            if derive and exp.get(DERIVED_KEY, "derive") == "derive":
                 job.derive = derive
             else:
                 job.cfg = composer(overrides, concept, seed)
             jobs.append(job)
+    sources = derivation_sources()  # the strategies whose runs derived budgets come from (CLIP-s for Few-iters)
     by_method = {}
-    for job in jobs:
-        if job.strategy == "clip_s":
-            by_method.setdefault((job.method, tuple(job.overrides)), []).append(job.run_id)
+    for job in (j for j in jobs if j.strategy in sources):
+        by_method.setdefault((job.strategy, job.method, tuple(job.overrides)), []).append(job.run_id)
     for job in jobs:
         if job.derive:
-            key = (job.method, tuple(o.replace(f"strategy={job.strategy}", "strategy=clip_s") for o in job.overrides))
+            source = strategy_class(job.strategy).derived_from
+            key = (source, job.method, tuple(o.replace(f"strategy={job.strategy}", f"strategy={source}")
+                                             for o in job.overrides))
             job.clip_s_ids = by_method.get(key, [])
             if not job.clip_s_ids:
-                raise ConfigError(f"{exp['path']}: {job.strategy} for {job.method} derives its steps from CLIP-s "
-                                  "runs, but the grid has none; add clip_s to grid.strategy or set few_iters: pinned.")
+                raise ConfigError(f"{exp['path']}: {job.strategy} for {job.method} derives its steps from {source} "
+                                  f"runs, but the grid has none; add {source} to grid.strategy or set "
+                                  f"{DERIVED_KEY}: pinned.")
     return jobs
 
 

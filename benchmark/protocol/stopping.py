@@ -73,7 +73,6 @@ class DVAR(Criterion):
     which must be two at least (a window longer than the stride).
     """
 
-    name = "dvar"
     signal = "l_det"
 
     def __init__(self, window: int, threshold: float, stride: int = 1):
@@ -114,7 +113,6 @@ class ClipS(Criterion):
     (patience+1)-th consecutive check without one. `best` is a thresholded running best.
     """
 
-    name = "clip_s"
     signal = "train_clip_img"
 
     def __init__(self, patience: int, eps: float):

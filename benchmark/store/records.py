@@ -5,7 +5,8 @@ Layout under the results root (hive partitions; concept and seed are columns):
     <root>/<table>/experiment=<e>/method=<m>/strategy=<s>/<file>.parquet
 
 - runs:  one file per run, `<run_id>.parquet`, one row.
-- steps: `<run_id>-<first step>-<last step>.parquet` parts, written at each checkpoint.
+- steps: `<run_id>-<first step>-<last step>.parquet` parts, written at each checkpoint and every
+  `records.flush_every` updates (a resume deletes the parts past its snapshot).
 - evals: the same naming as steps.
 
 Every file is written under a hidden temporary name, fsynced and renamed into place, so a killed
@@ -18,6 +19,7 @@ instead of failing. This module imports no torch: analysis reads the records thr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 import warnings
@@ -212,8 +214,6 @@ def derived_file(root: Path, experiment: str, job_name: str) -> Path:
 def read_plan(root: Path, experiment: str) -> set[str] | None:
     """Run ids of the experiment's current plan (written by the sweep, completed by the derived
     Few-iters jobs), or None when there is none."""
-    import json
-
     f = plan_file(root, experiment)
     if not f.exists():
         return None

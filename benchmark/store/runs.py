@@ -18,6 +18,8 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from benchmark.core.errors import ConfigError
 from benchmark.core.provenance import git_state, hostname, slurm_job_id, versions
 from benchmark.protocol.config import results_root, run_id
@@ -138,7 +140,6 @@ def read_row(cfg: dict) -> dict | None:
 def read_runs_file(f: Path) -> dict | None:
     if not f.exists() or records.part_problem(f):
         return None
-    import pyarrow.parquet as pq
 
     return pq.read_table(f).to_pylist()[0]
 

@@ -9,21 +9,26 @@ torch threads are divided among them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 
 from tqdm.auto import tqdm
 
+from benchmark.core.cli_args import setup_logging
 from benchmark.store.runs import Busy
 
 log = logging.getLogger("dvar")
 
 
 def _run(cfgs: list[dict], keep_snapshots: bool | None) -> list[dict]:
-    from benchmark.engine.train import run_trajectory
+    from benchmark.engine.train import (
+        run_trajectory,  # torch: the sweep's status and --dry-run stay torch-free
+    )
 
     return run_trajectory([{**cfg, "progress": False} for cfg in cfgs], share_models=True,
                           keep_snapshots=keep_snapshots)
@@ -32,9 +37,6 @@ def _run(cfgs: list[dict], keep_snapshots: bool | None) -> list[dict]:
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when the sweep that started it dies (prctl PDEATHSIG): a
     killed sweep leaves no worker behind to start the runs queued to it."""
-    import ctypes
-    import signal
-
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except OSError:  # not Linux: workers outlive a SIGKILLed sweep there (a clean exit still stops them)
@@ -44,9 +46,7 @@ def die_with_parent() -> None:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
-    from benchmark.core.cli_args import setup_logging
+    import torch  # in the worker only: the sweep's status and --dry-run stay torch-free
 
     die_with_parent()
     torch.set_num_threads(threads)
@@ -58,8 +58,8 @@ def describe(cfgs: list[dict]) -> str:
     return f"{c['method']['name']} {c['concept']} seed {c['seed']} [{', '.join(x['strategy']['name'] for x in cfgs)}]"
 
 
-def execute(groups: list[tuple[list[dict], bool | None]], workers: int = 1,
-            progress: bool = True) -> list[tuple[list[dict], str | None]]:
+def run_trajectories(groups: list[tuple[list[dict], bool | None]], workers: int = 1,
+                     progress: bool = True) -> list[tuple[list[dict], str | None]]:
     """Run each trajectory (its run configs, and train.run_trajectory's keep_snapshots);
     returns (configs, error text or None) per trajectory, failures included."""
     results: list[tuple[list[dict], str | None]] = []

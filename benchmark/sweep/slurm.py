@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import submitit
 
+from benchmark.core.cli_args import setup_logging
 from benchmark.protocol.config import run_id
 from benchmark.protocol.experiments import Composer, Job
 from benchmark.store.runs import Busy
-from benchmark.sweep.plan import (
-    derived_steps,
-    record_derivation,
-    record_derived_run,
-    runs_table,
-)
+from benchmark.sweep.files import record_derivation, record_derived_run
+from benchmark.sweep.plan import derived_steps, runs_table
 
 # launcher config key → submitit AutoExecutor parameter
 PARAMS = {
@@ -40,8 +39,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
     payload; the trajectory finds its own snapshots on disk and continues from them."""
 
     def __call__(self, payload: dict) -> list[str]:
-        from benchmark.core.cli_args import setup_logging
-        from benchmark.engine.train import run_trajectory
+        from benchmark.engine.train import (
+            run_trajectory,  # torch: on the compute node, not where the sweep submits
+        )
 
         setup_logging()
         os.environ.setdefault("TQDM_MININTERVAL", "30")
@@ -119,9 +119,6 @@ def submit(ready: list[list[Job]], deferred: list[list[Job]], waiting: set[str],
 def wait_also_for(job_ids: list[str], new_ids: list[str]) -> None:
     """Add `new_ids` to the `afterany` dependencies of pending jobs (scontrol update), keeping the
     ones they had: a Few-iters array must not start before resubmitted CLIP-s runs end."""
-    import re
-    import subprocess
-
     for jid in job_ids:
         out = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%E"], capture_output=True, text=True, timeout=30)
         old = re.findall(r"(\d+)(?:_[\d*\[\]-]+)?\(", out.stdout)

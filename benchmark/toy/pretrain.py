@@ -25,11 +25,26 @@ import time
 from pathlib import Path
 
 import numpy as np
+import open_clip
+import timm
 import torch
 import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from benchmark.core.checksums import write_sums
+from benchmark.engine.objective import diffusion_target
+from benchmark.engine.tokenizer import build_clip_tokenizer, save_clip_tokenizer
 from benchmark.toy import world
+from benchmark.toy.checks import prompt_following
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 FULL = {
@@ -87,8 +102,6 @@ def log(msg: str) -> None:
 
 
 def train_vae(pixels: torch.Tensor, cfg: dict, g: torch.Generator):
-    from diffusers import AutoencoderKL
-
     c = cfg["vae"]
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=c["channels"],
                         layers_per_block=1, down_block_types=["DownEncoderBlock2D"] * len(c["channels"]),
@@ -132,11 +145,6 @@ def standardize_latents(vae, pixels: torch.Tensor) -> None:
 
 
 def train_denoiser(pixels: torch.Tensor, captions: list[str], vae, tokenizer, cfg: dict, g: torch.Generator):
-    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from benchmark.engine.objective import diffusion_target
-
     t, u = cfg["text"], cfg["unet"]
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=t["hidden"], intermediate_size=t["intermediate"],
@@ -180,14 +188,11 @@ def train_denoiser(pixels: torch.Tensor, captions: list[str], vae, tokenizer, cf
 
 
 def train_clip(images: np.ndarray, captions: list[str], cfg: dict, g: torch.Generator, folder: Path):
-    import open_clip
-
     c = cfg["clip"]
     (folder / "dvar-toy-clip.json").write_text(json.dumps(c["model"]))
     open_clip.add_model_config(folder)
     model, _, preprocess = open_clip.create_model_and_transforms("dvar-toy-clip", pretrained=None)
     tokenizer = open_clip.get_tokenizer("dvar-toy-clip")
-    from PIL import Image
 
     x = torch.stack([preprocess(Image.fromarray(im)) for im in images])
     tokens = tokenizer(captions)
@@ -208,8 +213,6 @@ def train_clip(images: np.ndarray, captions: list[str], cfg: dict, g: torch.Gene
 
 
 def train_features(images: np.ndarray, scenes: list[world.Scene], cfg: dict, g: torch.Generator):
-    import timm
-
     c = cfg["features"]
     sizes = [len(values) for _, values in ATTRIBUTES]
     model = timm.create_model(c["arch"], pretrained=False, num_classes=sum(sizes), **c["kwargs"])
@@ -231,12 +234,6 @@ def train_features(images: np.ndarray, scenes: list[world.Scene], cfg: dict, g: 
 
 def pretrain(out: Path, scale: str = "full", seed: int = 0) -> dict:
     """Train everything into `out` (written atomically); returns the report."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from safetensors.torch import save_file
-
-    from benchmark.engine.tokenizer import build_clip_tokenizer, save_clip_tokenizer
-    from benchmark.toy.checks import prompt_following
-
     cfg = config(scale, seed)
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -8,7 +8,10 @@ import sys
 from benchmark.core.cli_args import Spec, UsageError, fail
 from benchmark.core.cli_args import parse as parse_args
 from benchmark.core.errors import ConfigError
+from benchmark.protocol.config import check_groups, compose, validate
+from benchmark.protocol.experiments import expand, load_experiment
 from benchmark.weights.check import check_loads
+from benchmark.weights.fetch import fetch, status
 from benchmark.weights.files import required
 
 PROG = "python -m benchmark.weights"
@@ -42,16 +45,12 @@ examples:
 
 def configs_for(overrides: list[str]) -> list[dict]:
     """The run configs of an experiment (experiment=NAME among the overrides) or of one run, validated."""
-    from benchmark.protocol.config import check_groups, compose, validate
-
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
     check_groups(rest)
     if not names:
         cfgs = [compose(rest)]
     else:
-        from benchmark.protocol.experiments import expand, load_experiment
-
         cfgs = [job.cfg for job in expand(load_experiment(names[-1]), rest) if job.cfg is not None]
     for cfg in cfgs:
         validate(cfg)
@@ -66,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.help:
         print(HELP, end="")
         return 0
-    from benchmark.weights.fetch import fetch, status
 
     try:
         cfgs = configs_for(args.overrides)

@@ -7,12 +7,15 @@ and the fix; `ok` and `skip` lines on stdout say what was loaded."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import tempfile
 from pathlib import Path
 
-from benchmark.weights.files import distinct
-
-COMPONENTS = {"tokenizer": ("transformers", "CLIPTokenizer"), "text_encoder": ("transformers", "CLIPTextModel"),
-              "vae": ("diffusers", "AutoencoderKL"), "unet": ("diffusers", "UNet2DConditionModel")}
+from benchmark.core.checksums import shipped_problems
+from benchmark.core.provenance import project_path
+from benchmark.protocol.config import cache_root
+from benchmark.weights.files import _looks_like_path, distinct
 
 
 def one_line(err: BaseException) -> str:
@@ -34,10 +37,8 @@ def check_loads(cfgs: list[dict]) -> list[str]:
 def model_problems(cfg: dict) -> list[str]:
     """The base model loaded as a run loads it. A model built from config is loaded once it is built;
     the check builds nothing."""
-    from benchmark.core.checksums import shipped_problems
-    from benchmark.core.provenance import project_path
+    # torch: `weights list` and `fetch` run without it
     from benchmark.engine.backbone import built_folder, load_backbone
-    from benchmark.protocol.config import cache_root
 
     model, name = cfg["model"], f"model {cfg['model']['name']}"
     if model.get("build"):
@@ -68,12 +69,13 @@ def model_problems(cfg: dict) -> list[str]:
 def component_problems(source: str, model: dict) -> list[str]:
     """Which components of an SD folder or hub repository fail to load, each on its own (the libraries'
     messages do not always say which subfolder they read)."""
-    import importlib
-    import os
+    from benchmark.engine.backbone import (
+        backbone_class,  # torch: `weights list` and `fetch` run without it
+    )
 
     kw = dict(revision=model.get("revision"), local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     problems = []
-    for sub, (module, cls) in COMPONENTS.items():
+    for sub, (module, cls) in backbone_class(model).COMPONENTS.items():  # the model family's components
         if sub == "tokenizer" and Path(source).is_dir() and not (Path(source) / "tokenizer").is_dir():
             continue  # toy weights without tokenizer files: the run builds CLIP's own BPE
         args = kw if sub == "tokenizer" else dict(kw, variant=model.get("variant"))
@@ -86,9 +88,6 @@ def component_problems(source: str, model: dict) -> list[str]:
 
 def metric_files(metrics: dict) -> list[tuple[str, Path]]:
     """(config key, path) of every local file the metric models read."""
-    from benchmark.core.provenance import project_path
-    from benchmark.weights.files import _looks_like_path
-
     clip, dino = metrics["clip"], metrics["dino"]
     out = []
     tag = clip.get("pretrained")
@@ -103,8 +102,6 @@ def metric_files(metrics: dict) -> list[tuple[str, Path]]:
 
 def file_problems(key: str, path: Path) -> list[str]:
     """A local file named by `key`: missing, or changed from the checksums it ships with."""
-    from benchmark.core.checksums import shipped_problems
-
     broken = shipped_problems(path)
     if broken:
         return [f"{key}: {p}" for p in broken]
@@ -115,11 +112,11 @@ def file_problems(key: str, path: Path) -> list[str]:
 
 def metrics_problems(cfg: dict) -> list[str]:
     """The metric models loaded as a run loads them (CLIP, DINO, LPIPS), after their local files."""
-    import tempfile
+    import torch  # torch: `weights list` and `fetch` run without it
 
-    import torch
-
-    from benchmark.engine.metrics import MetricModels
+    from benchmark.engine.metrics import (
+        MetricModels,  # torch: `weights list` and `fetch` run without it
+    )
 
     metrics = cfg["metrics"]
     label = f"metrics {metrics['clip']['arch']} / {metrics['dino']['arch']} / lpips-{metrics['lpips']['net']}"

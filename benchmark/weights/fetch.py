@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import hf_hub_download
+from huggingface_hub.constants import HF_HUB_OFFLINE
+from huggingface_hub.errors import EntryNotFoundError
+
 from benchmark.core.errors import ConfigError
 from benchmark.weights.files import WeightFile, torch_hub_dir
 
@@ -66,8 +70,6 @@ def verify(file: WeightFile, path: Path) -> str:
 def unreachable_hosts(files: list[WeightFile], timeout: float = 5.0) -> list[str]:
     """Hosts of `files` this machine cannot open a connection to (all of them when HF_HUB_OFFLINE
     is set for hub files): one quick probe each instead of a library's minute of retries."""
-    from huggingface_hub.constants import HF_HUB_OFFLINE
-
     out = []
     for host in dict.fromkeys(urlparse(f.url).hostname for f in files if f.url):
         if HF_HUB_OFFLINE and any(f.repo and urlparse(f.url).hostname == host for f in files):
@@ -105,7 +107,9 @@ def offline_error(missing: list[WeightFile], hosts: list[str], command: str) -> 
 def _download_url(file: WeightFile) -> Path:
     """torch.hub's own downloader (what torchvision uses for the same file): a temporary file, the
     SHA-256 prefix of the name checked, then renamed into the cache."""
-    from torch.hub import download_url_to_file
+    from torch.hub import (
+        download_url_to_file,  # torch: hub-only fetches and `list` run without it
+    )
 
     dest = torch_hub_dir() / "checkpoints" / file.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -118,9 +122,6 @@ def _download_url(file: WeightFile) -> Path:
 
 
 def _download_hub(file: WeightFile) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
     try:
         return Path(hf_hub_download(file.repo, file.filename, revision=file.revision))
     except EntryNotFoundError:

@@ -19,6 +19,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.constants import ENDPOINT, HF_HUB_CACHE
+
+from benchmark.core.provenance import project_path
+
 SD_COMPONENT_FILES = (
     "model_index.json", "scheduler/scheduler_config.json",
     "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
@@ -50,8 +55,6 @@ class WeightFile:
         if self.local:
             return Path(self.local) if Path(self.local).is_file() else None
         if self.repo:
-            from huggingface_hub import try_to_load_from_cache
-
             for name in (self.filename, self.fallback):
                 found = name and try_to_load_from_cache(self.repo, name, revision=self.revision)
                 if isinstance(found, str):
@@ -65,8 +68,6 @@ class WeightFile:
         if self.local:
             return self.local
         if self.repo:
-            from huggingface_hub.constants import HF_HUB_CACHE
-
             folder = Path(HF_HUB_CACHE) / f"models--{self.repo.replace('/', '--')}"
             if self.revision:
                 return str(folder / "snapshots" / self.revision / self.filename)
@@ -80,14 +81,12 @@ class WeightFile:
 
 
 def torch_hub_dir() -> Path:
-    import torch.hub
+    import torch.hub  # torch: listing a config's files loads no model library
 
     return Path(torch.hub.get_dir())
 
 
 def hub_url(repo: str, revision: str | None, filename: str) -> str:
-    from huggingface_hub.constants import ENDPOINT
-
     return f"{ENDPOINT}/{repo}/resolve/{revision or 'main'}/{filename}"
 
 
@@ -96,8 +95,6 @@ def _looks_like_path(value: str) -> bool:
 
 
 def model_files(model_cfg: dict) -> list[WeightFile]:
-    from benchmark.core.provenance import project_path
-
     source = model_cfg.get("pretrained")
     if not source or model_cfg.get("build") or project_path(str(source)).is_dir() or _looks_like_path(str(source)):
         return []  # built from config, or a local folder (checked when it loads)
@@ -109,15 +106,13 @@ def model_files(model_cfg: dict) -> list[WeightFile]:
 
 
 def clip_files(clip_cfg: dict) -> list[WeightFile]:
-    from benchmark.core.provenance import project_path
-
     tag = clip_cfg.get("pretrained")
     if not tag:
         return []
     if _looks_like_path(str(tag)) or project_path(str(tag)).exists():
         local = str(project_path(str(tag)))
         return [WeightFile("metrics.clip.pretrained", Path(local).name, "", local=local)]
-    import open_clip
+    import open_clip  # torch: listing a config's files loads no model library
 
     pcfg = open_clip.get_pretrained_cfg(clip_cfg["arch"], tag)
     if not pcfg:
@@ -134,14 +129,12 @@ def clip_files(clip_cfg: dict) -> list[WeightFile]:
 
 
 def dino_files(dino_cfg: dict) -> list[WeightFile]:
-    from benchmark.core.provenance import project_path
-
     if dino_cfg.get("checkpoint"):
         local = str(project_path(dino_cfg["checkpoint"]))
         return [WeightFile("metrics.dino.checkpoint", Path(local).name, "", local=local)]
     if not dino_cfg.get("pretrained"):
         return []
-    import timm
+    import timm  # torch: listing a config's files loads no model library
 
     pcfg = timm.models.get_pretrained_cfg(dino_cfg["arch"])
     repo = pcfg.hf_hub_id if pcfg else None
@@ -154,7 +147,7 @@ def dino_files(dino_cfg: dict) -> list[WeightFile]:
 def lpips_files(lpips_cfg: dict) -> list[WeightFile]:
     if not lpips_cfg.get("pretrained_backbone"):
         return []  # the linear heads ship inside the lpips wheel
-    import torchvision
+    import torchvision  # torch: listing a config's files loads no model library
 
     weights = {"alex": torchvision.models.AlexNet_Weights, "vgg": torchvision.models.VGG16_Weights,
                "squeeze": torchvision.models.SqueezeNet1_1_Weights}[lpips_cfg["net"]]

@@ -1,4 +1,4 @@
-"""What every method shares: the trained concept token, the plugin interface, the registry.
+"""What every method shares: the trained concept token, the plugin interface, loading a plugin.
 
 All three methods train one new token embedding (the official code's `SplitEmbedding` idea): the
 frozen vocabulary stays untouched and only the new rows are parameters, so no gradient or optimizer
@@ -12,13 +12,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
+from benchmark.core import plugins
 from benchmark.core.errors import ConfigError
-from benchmark.core.registry import Registry
 from benchmark.store.records import atomic_file
 
-METHODS: Registry[type["Method"]] = Registry("method", key="method")
 TOKEN_FILE = "learned_embeds.safetensors"
 
 
@@ -68,9 +67,11 @@ def add_placeholder_token(tokenizer, text_encoder, placeholder: str, initializer
 
 
 class Method:
-    """A personalization method: what is trained, its loss, and how its weights are saved/applied."""
+    """A personalization method: what is trained, its loss, and how its weights are saved/applied.
 
-    name = ""
+    A subclass in a file of its own plus its conf (`plugin: module:Class`) is a new method: the loop,
+    the records, the estimate and the tables know methods only by the conf's `name`."""
+
     modifies = ("tokenizer", "text_encoder", "unet")  # backbone parts it changes (a shared backbone copies them)
 
     def __init__(self, cfg, backbone, concept, placeholder: str, seed: int):
@@ -131,7 +132,7 @@ class Method:
     def metadata(self, provenance: dict) -> dict[str, str]:
         """The safetensors metadata of every file `save` writes: the method, its token and how
         prompts name the concept, plus `provenance` (run id, step, base model; benchmark.engine.observer)."""
-        meta = {"format": "pt", "method": self.name, "token": self.placeholder, "subject": self.subject}
+        meta = {"format": "pt", "method": self.cfg["name"], "token": self.placeholder, "subject": self.subject}
         meta.update({k: "" if v is None else str(v) for k, v in provenance.items()})
         return meta
 
@@ -160,12 +161,19 @@ class Method:
         pass
 
 
+def method_class(method_cfg: dict) -> type[Method]:
+    """The class `method.plugin` names (module:Class), imported."""
+    cls = plugins.load(method_cfg.get("plugin"), "method.plugin")
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(f"method.plugin={method_cfg['plugin']} is not a subclass of "
+                          "benchmark.engine.methods.base.Method; name the method's class.")
+    return cls
+
+
 def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """A safetensors file written like the records (records.atomic_file: the library's own writer
     leaves a file only its owner can read, and an empty `.tmpXXXXXX` when killed), the same bytes
     from the same weights: the library writes its JSON header in an order of its own choosing."""
-    from safetensors.torch import save
-
     with atomic_file(path) as f:
         f.write(sorted_header(save(tensors, metadata=metadata)))
 

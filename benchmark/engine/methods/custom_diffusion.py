@@ -12,9 +12,12 @@ them too). README, "Using the trained weights", has the few plain-diffusers line
 from pathlib import Path
 
 import torch
+from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
 from safetensors.torch import load_file
 
-from benchmark.engine.methods.base import METHODS, Method, save_weights
+from benchmark.engine.class_images import class_images
+from benchmark.engine.data import ClassData
+from benchmark.engine.methods.base import Method, save_weights
 
 CD_FILE = "pytorch_custom_diffusion_weights.safetensors"
 
@@ -25,8 +28,6 @@ def install_processors(unet, weights: dict[str, torch.Tensor] | None = None) -> 
     Without `weights` they start from the layer's own to_k / to_v; with `weights` (diffusers format,
     keys `<layer>.processor.to_k_custom_diffusion.weight`) they take the trained values.
     """
-    from diffusers.models.attention_processor import CustomDiffusionAttnProcessor2_0
-
     processors, trained = dict(unet.attn_processors), {}
     for name in processors:
         if not name.endswith("attn2.processor"):
@@ -46,15 +47,9 @@ def install_processors(unet, weights: dict[str, torch.Tensor] | None = None) -> 
     return trained
 
 
-@METHODS.register("custom_diffusion")
 class CustomDiffusion(Method):
-    name = "custom_diffusion"
-
     def prepare(self, make_sampler, cache_dir, sampling, progress) -> None:
         """Class images come from the base model (or a folder), before the K/V processors go in."""
-        from benchmark.engine.class_images import class_images
-        from benchmark.engine.data import ClassData
-
         images, captions = class_images(self.cfg["prior"], self.concept.class_noun, self.backbone, make_sampler,
                                         cache_dir, sampling, progress=progress)
         self.class_data = ClassData(images, captions, self.backbone.resolution)

@@ -4,22 +4,23 @@ The UNet base weights stay frozen (the official code computed and discarded thei
 the LoRA init is seeded from the run seed (the official code's was not).
 """
 
+import tempfile
 from pathlib import Path
 
 import torch
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from benchmark.engine.methods.base import METHODS, Method, save_weights
+from benchmark.engine.methods.base import Method, save_weights
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-@METHODS.register("dreambooth_lora")
 class DreamBoothLoRA(Method):
-    name = "dreambooth_lora"
-
     def setup_extra(self) -> None:
-        from peft import LoraConfig
-
         lora = self.cfg["lora"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -37,22 +38,14 @@ class DreamBoothLoRA(Method):
         for the token in a Stable Diffusion LoRA file (its pivotal-tuning scripts also write the
         embedding to a file of its own), so the token stays in learned_embeds.safetensors. diffusers
         writes into a temporary folder; the file is then written like every other (save_weights)."""
-        import tempfile
-
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         unet = self.backbone.unet
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
         layers = {k: v.detach().float().cpu().contiguous() for k, v in layers.items()}
         # A set (target_modules) is listed in an order that changes from one process to the next.
         adapter = {k: sorted(v) if isinstance(v, set) else v for k, v in unet.peft_config["default"].to_dict().items()}
         with tempfile.TemporaryDirectory(dir=folder, prefix=".", suffix=".tmp") as tmp:
-            StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                                      safe_serialization=True, unet_lora_adapter_metadata=adapter)
+            self.backbone.pipeline_class().save_lora_weights(tmp, unet_lora_layers=layers, weight_name=LORA_FILE,
+                                                             safe_serialization=True, unet_lora_adapter_metadata=adapter)
             with safe_open(Path(tmp) / LORA_FILE, "pt") as f:
                 own = f.metadata() or {}
             tensors = load_file(Path(tmp) / LORA_FILE)

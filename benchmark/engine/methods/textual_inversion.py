@@ -1,9 +1,7 @@
 """Textual Inversion: only the concept token's embedding is trained (reference §1.1)."""
 
-from benchmark.engine.methods.base import METHODS, Method
+from benchmark.engine.methods.base import Method
 
 
-@METHODS.register("textual_inversion")
 class TextualInversion(Method):
-    name = "textual_inversion"
     modifies = ("tokenizer", "text_encoder")  # the token; the UNet and VAE stay as loaded
