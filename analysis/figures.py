@@ -13,9 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.load import METHOD_NAMES, STRATEGY_NAMES, order  # noqa: E402
+from benchmark.protocol.strategies import STRATEGIES  # noqa: E402
 
-COLORS = {"baseline": "#4c72b0", "clip_s": "#dd8452", "few_iters_mean": "#55a868", "few_iters_max": "#8c8c8c",
-          "dvar": "#c44e52"}
+COLORS = {name: s.color for name, s in STRATEGIES.items()}          # each strategy's own
 
 
 def save(fig, path: Path) -> list[Path]:
@@ -32,20 +32,28 @@ def smooth(y: pd.Series, frac: float = 0.05) -> pd.Series:
     return y.rolling(max(1, int(len(y) * frac)), min_periods=1, center=True).mean()
 
 
-STOP_COLORS = {"clip_s": "#55a868", "few_iters_mean": "#8172b3", "few_iters_max": "#937860", "dvar": "#dd8452"}
+STOP_COLORS = {name: s.stop_color for name, s in STRATEGIES.items()}
 
 
 def run_panel(run: pd.Series, steps: pd.DataFrame, evals: pd.DataFrame, path: Path,
-              other_stops: dict[str, int] | None = None) -> list[Path]:
-    """Figure 2: train loss, gradient norm, L_det and train CLIP img over steps; the run's stop and
-    reported steps marked, and `other_stops` (strategy -> stop step of the runs that share this
-    run's trajectory, so the picture shows where each strategy left it)."""
+              others: dict[str, tuple[pd.Series, pd.DataFrame, pd.DataFrame]] | None = None) -> list[Path]:
+    """Figure 2: train loss, gradient norm, L_det and train CLIP img over steps of one (full-length)
+    run; its stop and reported steps marked. `others` (strategy -> its runs row, steps, evals) are the
+    runs sharing this run's trajectory: each one's stop is a line, its reported train CLIP img a
+    marker on this run's axis (a run that evaluates only at its stop has no curve of its own), and
+    where this run did not log L_det, the L_det of one that watched it is drawn."""
     steps = steps.sort_values("step")
+    others = others or {}
+    if "l_det" not in steps or steps.l_det.isna().all():  # Baseline logs L_det only with ldet.log=always
+        watched = [s for s, (_, st, _) in others.items() if "l_det" in st and st.l_det.notna().any()]
+        if watched:
+            steps = steps.drop(columns="l_det", errors="ignore").merge(
+                others[watched[0]][1][["step", "l_det"]], on="step", how="outer")
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
     panels = [("train_loss", "train loss", steps), ("grad_norm", "grad norm (unscaled)", steps),
               ("l_det", "L_det", steps), ("train_clip_img", "train CLIP img", evals.sort_values("step"))]
     for ax, (col, title, df) in zip(axes, panels):
-        d = df[["step", col]].dropna()
+        d = df[["step", col]].dropna() if col in df else pd.DataFrame(columns=["step", col])
         if col in ("train_loss", "grad_norm") and len(d) > 20:
             ax.plot(d.step, d[col], color="0.75", lw=0.6)
             ax.plot(d.step, smooth(d[col]), color="k", lw=1.2)
@@ -54,12 +62,17 @@ def run_panel(run: pd.Series, steps: pd.DataFrame, evals: pd.DataFrame, path: Pa
         ax.axvline(run.iterations, color="#c44e52", ls="--", lw=1, label=f"stop {run.iterations:.0f}")
         if run.reported_step != run.iterations:
             ax.axvline(run.reported_step, color="#4c72b0", ls=":", lw=1, label=f"reported {run.reported_step:.0f}")
-        for strategy, stop in (other_stops or {}).items():
-            ax.axvline(stop, color=STOP_COLORS.get(strategy, "0.5"), ls="-.", lw=1,
-                       label=f"{STRATEGY_NAMES.get(strategy, strategy)} stops {stop}")
+        for strategy, (other, _, _) in others.items():
+            ax.axvline(other.iterations, color=STOP_COLORS.get(strategy, "0.5"), ls="-.", lw=1,
+                       label=f"{STRATEGY_NAMES.get(strategy, strategy)} stops {other.iterations:.0f}")
         ax.set_title(title)
         ax.set_xlabel("step")
+    for strategy, (other, _, _) in others.items():
+        axes[3].plot([other.reported_step], [other.train_clip_img], marker="D", ms=7, ls="none",
+                     color=STOP_COLORS.get(strategy, "0.5"), label=f"{STRATEGY_NAMES.get(strategy, strategy)} reported")
     axes[0].legend(fontsize=8)
+    if others:
+        axes[3].legend(fontsize=7, handles=axes[3].get_legend_handles_labels()[0][-len(others):])
     fig.suptitle(f"{METHOD_NAMES.get(run.method, run.method)} / {STRATEGY_NAMES.get(run.strategy, run.strategy)}"
                  f" / {run.concept} (seed {run.seed}, run {run.run_id})", y=1.04)
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """One page (Markdown and HTML) tying an experiment's tables and figures together.
 
-The HTML is the Markdown rendered by markdown-it-py (CommonMark + tables) with a small stylesheet.
+The HTML is the Markdown rendered by markdown-it-py (CommonMark + tables) with a small stylesheet, its
+figures and sample grids embedded (data: URIs), so report.html is one file a researcher can keep.
 Where the experiment is not the paper's configuration (another model, other budgets or stopping
 hyperparameters, other concepts, other metric models) a banner at the top says how, and the paper's
 numbers appear for orientation only, without an "ours - paper" column.
@@ -8,8 +9,10 @@ numbers appear for orientation only, without an "ours - paper" column.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -17,8 +20,11 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import yaml
+from markdown_it import MarkdownIt
+from PIL import Image
 
 from analysis import figures, tables
+from analysis.ablation import trend_to_noise
 from analysis.load import (
     METHOD_NAMES,
     STRATEGY_NAMES,
@@ -27,37 +33,47 @@ from analysis.load import (
     runs_and_left_out,
     steps_of,
 )
+from benchmark.concepts.manifest import load_manifest
+from benchmark.protocol.strategies import (
+    DERIVED_KEY,
+    PROPOSED,
+    REFERENCE,
+    STRATEGIES,
+    derivation_sources,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PAPER_MODEL = "sd15"
 PAPER_CONCEPTS = 48
 # method.protocol keys that fix a strategy's budget or stopping rule (few_iters: a sweep derives its own)
-PROTOCOL_KEYS = {"baseline": ("eval_every",), "clip_s": ("eval_every", "patience", "eps"),
-                 "dvar": ("window", "threshold")}
+PROTOCOL_KEYS = {name: s.protocol_keys for name, s in STRATEGIES.items() if s.protocol_keys}
 METRIC_KEYS = ("clip.arch", "clip.pretrained", "dino.arch", "dino.pretrained", "lpips.net",
                "lpips.pretrained_backbone")
 
 
 def panel_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Figure-2 panels for one concept per method: its longest run and its DVAR run."""
+    """Figure-2 panels: for one concept per method, its longest run (the other strategies of its
+    trajectory are drawn on its axes: a DVAR run evaluates once, at its stop, so it gets a marker there
+    rather than a panel of one point)."""
     picks = []
     for method in order(runs.method, METHOD_NAMES):
         g = runs[runs.method == method]
-        concept = sorted(g.concept)[0]
-        mine = g[g.concept == concept]
+        mine = g[g.concept == sorted(g.concept)[0]]
         picks.append(mine.loc[mine.iterations.idxmax()])
-        if (mine.strategy == "dvar").any():
-            picks.append(mine[mine.strategy == "dvar"].iloc[0])
     return pd.DataFrame(picks).drop_duplicates("run_id")
+
+
+def siblings(runs: pd.DataFrame, run) -> pd.DataFrame:
+    """The runs that share `run`'s trajectory (same method, concept and seed), other strategies."""
+    return runs[(runs.method == run.method) & (runs.concept == run.concept) & (runs.seed == run.seed)
+                & (runs.strategy != run.strategy)]
 
 
 def headline(runs: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
     """The paper's claims as measured numbers: is L_det informative where L_train is not, how many
     iterations DVAR saves, and how much quality each strategy keeps relative to Baseline."""
-    from analysis.ablation import trend_to_noise
-
     lines = ["## The claims, measured", ""]
-    full = runs[runs.strategy == "baseline"] if (runs.strategy == "baseline").any() else runs
+    full = runs[runs.strategy == REFERENCE] if (runs.strategy == REFERENCE).any() else runs
     tnr = {col: [trend_to_noise(steps[steps.run_id == r][col].to_numpy()) for r in full.run_id]
            for col in ("train_loss", "l_det") if col in steps}
     if tnr.get("l_det"):
@@ -65,26 +81,12 @@ def headline(runs: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
         lines.append(f"- Trend-to-noise ratio over {len(full)} {which}: "
                      f"L_train {np.nanmean(tnr['train_loss']):.2f}, L_det {np.nanmean(tnr['l_det']):.2f} "
                      "(std of the trend over std of the rest; see analysis/ablation.py).")
-    # Kept = a share of Baseline's value for train CLIP img (the quality the criteria are tuned on,
-    # as in replay); the validation scores can sit near zero, where a share means nothing, so
-    # they get differences.
-    others = ["val_clip_img", "val_clip_txt"]
-    table = ["| Method | Strategy | Iterations | Baseline / this | Train CLIP img kept | "
-             "Δ Val CLIP img | Δ Val CLIP txt |", "|---|---|---:|---:|---:|---:|---:|"]
-    for method in order(runs.method, METHOD_NAMES):
-        g = runs[runs.method == method]
-        mean = g.groupby("strategy")[["iterations", "train_clip_img", *others]].mean()
-        if "baseline" not in mean.index:
-            continue
-        base = mean.loc["baseline"]
-        for strategy in order(mean.index, STRATEGY_NAMES):
-            r = mean.loc[strategy]
-            kept = f"{100 * r.train_clip_img / base.train_clip_img:.1f} %" if base.train_clip_img > 0 else "-"
-            deltas = " | ".join(f"{round(r[m] - base[m], 3) + 0.0:+.3f}" for m in others)  # no -0.000
-            table.append(f"| {METHOD_NAMES.get(method, method)} | {STRATEGY_NAMES.get(strategy, strategy)} | "
-                         f"{r.iterations:.0f} | {base.iterations / r.iterations:.2f}x | {kept} | {deltas} |")
-    if len(table) > 2:
-        lines += ["", "Iterations and quality kept, relative to Baseline (means over concepts):", "", *table]
+    table = tables.claims(runs)
+    if len(table):
+        lines += [*[f"- {STRATEGY_NAMES.get(r.strategy, r.strategy)} ({METHOD_NAMES.get(r.method, r.method)}): "
+                    + tables.claim(r) for r in table.itertuples() if r.strategy != tables.REFERENCE],
+                  "", "Each strategy against Baseline, concept by concept (also `claims.md`, `claims.csv`):", "",
+                  *table_block(tables.claims_markdown(table))]
     return lines + [""]
 
 
@@ -106,8 +108,6 @@ def departures(runs: pd.DataFrame) -> list[str]:
     """How the experiment's runs differ from the paper's configuration (empty: they do not): the base
     model, the step budgets and stopping hyperparameters (conf/method/*, the paper's per method), the
     concepts (the 48 of concepts/manifest.csv) and the metric models (conf/metrics/real.yaml)."""
-    from benchmark.concepts.manifest import load_manifest
-
     out = []
     models = sorted(set(runs.model.astype(str)))
     if models != [PAPER_MODEL]:
@@ -122,7 +122,10 @@ def departures(runs: pd.DataFrame) -> list[str]:
         paper = yaml.safe_load(path.read_text())
         name = METHOD_NAMES.get(method, method)
         steps = _dig(cfg, "strategy.max_steps") or _dig(cfg, "method.max_train_steps")
-        if steps is not None and not _same(steps, paper["max_train_steps"]):
+        want = paper["max_train_steps"]
+        if strategy in derivation_sources():  # the paper's CLIP-s stops as late as its Few-iters (max), a CLIP-s stop step
+            want = max(want, paper["protocol"][DERIVED_KEY]["max"])
+        if steps is not None and not _same(steps, want):
             budgets.setdefault(name, (set(), paper["max_train_steps"]))[0].add(int(steps))
         for rule, keys in PROTOCOL_KEYS.items():
             for key in keys:
@@ -165,6 +168,18 @@ def _method_order(item) -> int:
     return names.index(item[0]) if item[0] in names else len(names)
 
 
+def pairing_note(runs: pd.DataFrame) -> list[str]:
+    """How CLIP img and DINO paired generated and reference images (metrics.pairing): the official code
+    pairs by index, the standard TI score takes all pairs, and the two differ."""
+    if "clip_pairing" not in runs or runs.clip_pairing.isna().all():
+        return []
+    words = {"index": "by index, sample j with reference j mod n, as the official code",
+             "all_pairs": "over all pairs of samples and references"}
+    used = sorted(set(runs.clip_pairing.dropna()))
+    return ["CLIP img and DINO pair generated and reference images "
+            + " and ".join(words.get(p, p) for p in used) + " (`metrics.pairing`)."]
+
+
 def banner(problems: list[str]) -> list[str]:
     """A Markdown blockquote at the top of the report."""
     if not problems:
@@ -175,12 +190,17 @@ def banner(problems: list[str]) -> list[str]:
 
 
 def table_block(md: str) -> list[str]:
-    """A table file of analysis.tables as a Markdown block: the note under the table becomes its own
-    paragraph (right after the rows it would be read as one more row)."""
-    lines = md.rstrip("\n").splitlines()
-    rows = [ln for ln in lines if ln.startswith("|")]
-    notes = [ln for ln in lines if ln.strip() and not ln.startswith("|")]
-    return [*rows, "", *[f"*{n}*" for n in notes], ""]
+    """A table file of analysis.tables as Markdown blocks: each note under a table becomes its own
+    paragraph (right after the rows it would be read as one more row), tables and notes in order."""
+    out: list[str] = []
+    for line in md.rstrip("\n").splitlines():
+        if line.startswith("|"):
+            if out and out[-1] and not out[-1].startswith("|"):
+                out.append("")
+            out.append(line)
+        elif line.strip():
+            out += ["", f"*{line}*"]
+    return [*out, ""]
 
 
 def paper_table(long: pd.DataFrame, table: int) -> list[str]:
@@ -227,18 +247,20 @@ def build(results: Path, experiment: str, out: Path, progress: Callable[[str], N
     figs = {"stops": figures.stop_distribution(runs, out / "figures" / "stop_steps"),
             "time": figures.time_vs_quality(runs, out / "figures" / "time_vs_quality")}
     picks = panel_runs(runs)
-    say(f"reading the steps and evaluations of {len(picks)} runs for the training-dynamics panels")
-    steps = steps_of(results, experiment, picks.run_id)
-    evals = evals_of(results, experiment, picks.run_id)
+    around = pd.concat([picks, *(siblings(runs, r) for r in picks.itertuples())])
+    say(f"reading the steps and evaluations of {len(around)} runs for the training-dynamics panels")
+    steps = steps_of(results, experiment, around.run_id)
+    evals = evals_of(results, experiment, around.run_id)
     panels = []
     for i, run in enumerate(picks.itertuples(), 1):
         say(f"panel {i}/{len(picks)}: {run.method} / {run.strategy}")
-        siblings = runs[(runs.method == run.method) & (runs.concept == run.concept) & (runs.seed == run.seed)
-                        & (runs.strategy != run.strategy) & (runs.strategy != "baseline")]
-        others = {s: int(g.iterations.iloc[0]) for s, g in siblings.groupby("strategy")} if run.strategy == "baseline" else {}
+        others = {r.strategy: (r, steps[steps.run_id == r.run_id], evals[evals.run_id == r.run_id])
+                  for r in siblings(runs, run).drop_duplicates("strategy").itertuples()}
         panels.append(figures.run_panel(pd.Series(run._asdict()), steps[steps.run_id == run.run_id],
                                         evals[evals.run_id == run.run_id],
                                         out / "figures" / f"run_{run.method}_{run.strategy}_{run.run_id}", others))
+    say("sample grids at each strategy's reported step")
+    grids, grid_md = sample_grids(runs, results, experiment, out / "figures" / "samples")
     derived_file = results / "work" / experiment / "few_iters_steps.json"
     derived = json.loads(derived_file.read_text()) if derived_file.exists() else {}
     problems = departures(runs)
@@ -248,7 +270,7 @@ def build(results: Path, experiment: str, out: Path, progress: Callable[[str], N
           + ", ".join(METHOD_NAMES.get(m, m) for m in order(runs.method, METHOD_NAMES)) + "; strategies: "
           + ", ".join(STRATEGY_NAMES.get(s, s) for s in order(runs.strategy, STRATEGY_NAMES)) + ".",
           f"Model `{meta.model}` ({meta.model_identity}), device {meta.device}, code {meta.git_sha[:10]}"
-          + (" (uncommitted changes)" if meta.git_dirty else "") + ".", ""]
+          + (" (uncommitted changes)" if meta.git_dirty else "") + ".", *pairing_note(runs), ""]
     if notes:
         md += ["**Warnings:**", "", *[f"- {n}" for n in notes], ""]
     md += left_out_section(left)
@@ -276,15 +298,72 @@ def build(results: Path, experiment: str, out: Path, progress: Callable[[str], N
            "## Time vs quality", "", "![time vs quality](figures/time_vs_quality.png)", "",
            "## Training dynamics (paper Fig. 2)", ""]
     md += [f"![{p[0].stem}](figures/{p[0].name})" for p in panels]
+    md += ["", *grid_md]
     say("writing report.md and report.html")
     report_md = out / "report.md"
     report_md.write_text("\n".join(md) + "\n")
     report_html = out / "report.html"
-    report_html.write_text(markdown_to_html("\n".join(md), title=f"dvar-bench: {experiment}"))
+    report_html.write_text(markdown_to_html("\n".join(md), title=f"dvar-bench: {experiment}", images=out))
     files.update({"report.md": report_md, "report.html": report_html})
-    for group in (figs["stops"], figs["time"], *panels):
+    for group in (figs["stops"], figs["time"], *panels, grids):
         files.update({p.name: p for p in group})
     return files
+
+
+SAMPLE_STRATEGIES = (REFERENCE, PROPOSED)  # shown side by side
+SAMPLE_CONCEPTS = 6                        # per method: the report stays a file one can mail
+THUMB_WIDTH = 768                          # px; a 512-px model's grid is 8 x 512 wide
+
+
+def sample_grids(runs: pd.DataFrame, results: Path, experiment: str, folder: Path) -> tuple[list[Path], list[str]]:
+    """The samples of Baseline and DVAR at their reported steps, side by side, per method and concept
+    (first seed; the first SAMPLE_CONCEPTS concepts): the grid each run saved at its reported step
+    (<results>/work/<experiment>/<run_id>/samples/, `sampling.save_images`), shrunk to THUMB_WIDTH
+    under `folder`. Returns the thumbnails and the Markdown section ([] where no run saved a grid)."""
+    shown = [s for s in SAMPLE_STRATEGIES if s in set(runs.strategy)]
+    files, lines = [], []
+    for method in order(runs.method, METHOD_NAMES):
+        mine = runs[runs.method == method]
+        rows = []
+        for concept in sorted(set(mine.concept))[:SAMPLE_CONCEPTS]:
+            here = mine[(mine.concept == concept) & (mine.seed == mine[mine.concept == concept].seed.min())]
+            cells = []
+            for strategy in shown:
+                run = here[here.strategy == strategy]
+                if run.empty:
+                    cells.append("-")
+                    continue
+                run = run.iloc[0]
+                grid = results / "work" / experiment / run.run_id / "samples" / f"step{int(run.reported_step):06d}.png"
+                if not grid.is_file():
+                    cells.append(f"no grid (step {int(run.reported_step)})")
+                    continue
+                thumb = folder / f"{method}_{concept}_{strategy}_{run.run_id}.png"
+                thumb.parent.mkdir(parents=True, exist_ok=True)
+                with Image.open(grid) as im:
+                    im = im.convert("RGB")
+                    if im.width > THUMB_WIDTH:
+                        im = im.resize((THUMB_WIDTH, round(im.height * THUMB_WIDTH / im.width)), Image.Resampling.LANCZOS)
+                    elif im.width <= THUMB_WIDTH // 2:  # the toy's 32-px samples: enlarged, pixels kept sharp
+                        k = THUMB_WIDTH // im.width
+                        im = im.resize((im.width * k, im.height * k), Image.Resampling.NEAREST)
+                    im.save(thumb, optimize=True)
+                files.append(thumb)
+                label = f"{STRATEGY_NAMES.get(strategy, strategy)}, step {int(run.reported_step)}"
+                cells.append(f"![{label}]({thumb.relative_to(folder.parent.parent).as_posix()}) {label}")
+            rows.append(f"| `{concept}` (seed {int(here.seed.min())}) | " + " | ".join(cells) + " |")
+        if any("![" in r for r in rows):
+            lines += [f"### {METHOD_NAMES.get(method, method)}", "",
+                      "| Concept | " + " | ".join(STRATEGY_NAMES.get(s, s) for s in shown) + " |",
+                      "|---|" + "---|" * len(shown), *rows, ""]
+    if not lines:
+        return files, []
+    n = runs.concept.nunique()
+    return files, ["## Samples at the reported step", "",
+                   "Each run's evaluation grid at the step it reports (train prompts, then validation prompts), "
+                   "Baseline and DVAR side by side" + (f"; the first {SAMPLE_CONCEPTS} of {n} concepts" if n > SAMPLE_CONCEPTS
+                                                       else "") + f"; every grid is under `work/{experiment}/<run>/samples/`.",
+                   "", *lines]
 
 
 STYLE = """
@@ -308,12 +387,19 @@ em { color: #57606a; }
 """
 
 
-def markdown_to_html(md: str, title: str) -> str:
+def markdown_to_html(md: str, title: str, images: Path | None = None) -> str:
     """The report's Markdown as a standalone HTML page: markdown-it-py (CommonMark + tables), raw HTML
-    in the Markdown escaped, and the stylesheet above (text columns left, number columns right)."""
-    from markdown_it import MarkdownIt
-
+    in the Markdown escaped, and the stylesheet above (text columns left, number columns right). With
+    `images` (the folder the Markdown's image paths are relative to) every image is embedded as a
+    data: URI, so the page is one self-contained file."""
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    if images is not None:
+        body = re.sub(r'<img src="([^"]+)"', lambda m: f'<img src="{data_uri(images / html.unescape(m.group(1)))}"', body)
     return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n")
+
+
+def data_uri(path: Path) -> str:
+    kind = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}[path.suffix.lower()]
+    return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")

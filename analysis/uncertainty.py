@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmark.protocol.strategies import REFERENCE
+
 LEVEL = 0.95
 RESAMPLES = 20000
 EXACT_MAX = 7  # 7^7 = 823,543 resamples, enumerated as 1,716 weighted multisets
@@ -71,7 +73,9 @@ def wilcoxon_p(differences) -> float:
     """Two-sided p-value of the Wilcoxon signed-rank test that the differences are centred on 0
     (exact distribution for small samples, as scipy chooses); 1.0 when every difference is 0, NaN
     for no pairs."""
-    from scipy.stats import wilcoxon
+    from scipy.stats import (
+        wilcoxon,  # scipy.stats loads in seconds; only the paired test needs it
+    )
 
     d = np.asarray(differences, dtype=float)
     d = d[~np.isnan(d)]
@@ -102,16 +106,16 @@ def per_concept(runs, columns: list[str]):
     return runs.groupby(["method", "strategy", "concept"], observed=True)[columns].mean().reset_index()
 
 
-def compare_with_baseline(runs, quality: str = "train_clip_img", reference: str = "baseline") -> list[Comparison]:
+def compare_with_baseline(runs, quality: str = "train_clip_img", reference: str = REFERENCE) -> list[Comparison]:
     """Every strategy of every method against `reference`, paired by concept."""
     table = per_concept(runs, ["iterations", quality])
     out = []
     for method, mine in table.groupby("method", sort=False, observed=True):
-        base = mine[mine.strategy == reference].set_index("concept")
+        base = mine[mine.strategy == reference][["concept", "iterations", quality]]
         for strategy, other in mine.groupby("strategy", sort=False, observed=True):
             if strategy == reference:
                 continue
-            pair = other.set_index("concept").join(base, rsuffix="_base", how="inner").dropna()
+            pair = other.merge(base, on="concept", suffixes=("", "_base")).dropna()
             pair = pair[(pair.iterations > 0) & (pair[f"{quality}_base"] != 0)]
             speed = (pair.iterations_base / pair.iterations).to_numpy(dtype=float)
             kept = (pair[quality] / pair[f"{quality}_base"]).to_numpy(dtype=float)

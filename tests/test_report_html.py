@@ -1,7 +1,10 @@
 """The report: a banner wherever the configuration is not the paper's, HTML rendered from its Markdown
 (tables with text left and numbers right, bullets, code, images), progress on stderr."""
 
+import base64
 import json
+import re
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -9,11 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from analysis.report import departures, markdown_to_html
+from benchmark.engine.evaluation import save_grid
 from benchmark.protocol.experiments import expand, load_experiment
 from benchmark.store import records
+from benchmark.store.runs import RunPaths
 from tests.helpers import PROJECT_ROOT, compose
+
+# end-to-end runs of several seconds each: `make test-all`, not the fast lane
+pytestmark = pytest.mark.slow
 
 PAPER_OVERRIDES = ["model=sd15", "metrics=real"]
 
@@ -81,6 +90,10 @@ def write_records(results: Path, experiment: str, overrides: list[str], concepts
                   "val_clip_img": 0.5, "val_clip_txt": 0.25, "dino": 0.4, "div": 0.7}
                  for k in range(0, iterations + 1, 5)]
         quality = evals[-1]
+        # the grid the engine saves at the reported step, a colour per run (sampling.save_images=final)
+        cfg["experiment"], cfg["paths"] = experiment, {**cfg["paths"], "results": str(results)}
+        tiles = [Image.new("RGB", (32, 32), (40 * (i % 6), 200 if strategy == "dvar" else 60, 30 * k)) for k in range(8)]
+        save_grid(tiles, RunPaths(cfg, run_id).samples, quality["step"])
         records.write_part(results, "steps", keys, f"{run_id}.parquet", steps)
         records.write_part(results, "evals", keys, f"{run_id}.parquet", evals)
         records.write_part(results, "runs", keys, f"{run_id}.parquet", [{
@@ -150,7 +163,8 @@ def test_progress_goes_to_stderr_and_the_result_to_stdout(tiny_report):
     lines = proc.stderr.splitlines()
     assert lines[0] == f"reading the runs of hand under {Path(proc.args[-1].split('=', 1)[1])}"
     assert "tables 1 and 3 from 4 completed runs (2 concepts)" in lines
-    assert "panel 1/2: textual_inversion / baseline" in lines and "panel 2/2: textual_inversion / dvar" in lines
+    assert "panel 1/1: textual_inversion / baseline" in lines, "DVAR evaluates once: a marker on Baseline's panel"
+    assert "sample grids at each strategy's reported step" in lines
     assert lines[-2] == "writing report.md and report.html" and lines[-1].startswith("done in ")
     out = proc.stdout.strip().splitlines()
     assert out[0].startswith("| Method | Strategy | Train CLIP img"), "the mini Table 1 first"
@@ -177,10 +191,44 @@ def test_the_html_is_rendered_markdown(tiny_report):
     assert any(item.startswith("Trend-to-noise ratio over 2 Baseline runs") for item in page.items)
     assert not any(p.lstrip().startswith("- ") or "`" in p for p in page.paragraphs), "bullets and code are rendered"
     assert not any(p.startswith("mean ± std") for p, _ in page.cells), "the note under a table is no table row"
+    # report.md links the files; report.html embeds the same images
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert linked[:3] == ["figures/stop_steps.png", "figures/time_vs_quality.png",
+                          next(s for s in linked if s.startswith("figures/run_textual_inversion_baseline_"))]
+    assert len(linked) == 3 + 2 * 2, "figures, one dynamics panel, Baseline and DVAR grids of two concepts"
+    assert all((out / s).is_file() for s in linked)
     sources = [img["src"] for img in page.images]
-    assert sources[:2] == ["figures/stop_steps.png", "figures/time_vs_quality.png"] and len(sources) == 4
-    assert all((out / s).is_file() for s in sources)
-    assert md.count("![") == 4
+    assert len(sources) == len(linked) and all(s.startswith("data:image/png;base64,") for s in sources)
+    for src, path in zip(sources, linked):
+        assert base64.b64decode(src.split(",", 1)[1]) == (out / path).read_bytes()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium); "
+                                             "the report's rendering is not checked")
+def test_the_report_opens_alone_in_headless_chromium(tiny_report, tmp_path):
+    """report.html copied alone (no figures folder beside it) renders every image: the DOM holds them
+    as data: URIs and the screenshot shows the plots and the exact colours of the sample grids."""
+    *_, out = tiny_report
+    page = tmp_path / "report.html"
+    shutil.copy(out / "report.html", page)
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr
+    rendered = Page()
+    rendered.feed(dom.stdout)
+    assert len(rendered.images) == 7 and all(img["src"].startswith("data:image/png;base64,") for img in rendered.images)
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run([*flags, "--window-size=1280,6000", f"--screenshot={shot}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr
+    with Image.open(shot) as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert len(colours) > 500, "plots and grids, not a blank page"
+    # tiles of write_records: Baseline's grid of the first concept, DVAR's of the second
+    assert {(0, 60, 0), (0, 60, 210), (120, 200, 0), (120, 200, 210)} <= colours
 
 
 def test_the_paper_configuration_has_no_banner_and_keeps_the_differences(tmp_path):
@@ -189,7 +237,7 @@ def test_the_paper_configuration_has_no_banner_and_keeps_the_differences(tmp_pat
     concepts = sorted(c.name for c in load_manifest().values() if c.source != "bundled")
     proc, md, page, _ = report(tmp_path, PAPER_OVERRIDES, concepts)
     assert "Not the paper's configuration" not in md and page.quotes == []
-    assert "## Beside the paper" in md and "| Method | Strategy | Metric | n | ours | paper | ours − paper |" in md
+    assert "## Beside the paper" in md and "| Method | Strategy | Metric | n | ours | 95 % interval | paper | ours − paper | paper inside |" in md
     assert "tables 1 and 3 from 96 completed runs (48 concepts)" in proc.stderr
 
 
