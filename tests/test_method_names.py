@@ -12,9 +12,9 @@ ALLOWED = {
     "analysis/load.py": "the tables' display names",
     # The concept datasets are named after the papers that published them (concepts/manifest.csv `source`).
     "benchmark/concepts/": "dataset names",
-    # Measurement scripts (not on the sweep's path) that compare the paper's three methods with their
-    # published peers and record the timing profile.
-    "benchmark/measure/": "measurements of the paper's methods",
+    # Our methods beside the diffusers example script that trains the same thing (a peer exists only
+    # for some methods, by nature).
+    "benchmark/measure/peers.py": "the diffusers example script of each method",
 }
 
 

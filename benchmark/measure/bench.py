@@ -31,10 +31,11 @@ from benchmark.measure import timing_profile
 from benchmark.measure.peers import compare
 from benchmark.measure.timing_profile import monitoring_cost, timed
 from benchmark.preflight.preflight import Preflight, estimate, format_estimate
-from benchmark.protocol.config import cache_root
+from benchmark.protocol.config import cache_root, group_options
 from benchmark.protocol.experiments import expand, load_experiment
+from benchmark.protocol.strategies import PROPOSED
 
-METHODS = ("textual_inversion", "dreambooth_lora", "custom_diffusion")
+METHODS = group_options("method")  # every method conf, as the sweep knows them
 
 
 def alternate(a, b, rounds: int) -> tuple[float, float]:
@@ -98,7 +99,7 @@ def components(experiment: str, overrides: list[str], rounds: int) -> list[tuple
     of an L_det evaluation and of an in-loop evaluation, each timed alone."""
     out = []
     for job in expand(load_experiment(experiment), ["progress=false", *overrides]):
-        if job.cfg is None or job.strategy != "dvar":
+        if job.cfg is None or job.strategy != PROPOSED:
             continue
         t = Trajectory(job.cfg, share_models=True)
         t.setup()
@@ -118,7 +119,7 @@ def harness_overhead(overrides: list[str], tmp: str) -> dict:
     """The smoke experiment's Textual Inversion runs that decide as they go (Baseline, CLIP-s,
     DVAR), trained as one trajectory the way a sweep does, models already loaded: which share of
     the wall time is not updates, L_det or evaluation (setup, records, snapshots)."""
-    jobs = [j for j in expand(load_experiment("smoke"), [f"paths.results={tmp}", *overrides], {"method": ["textual_inversion"]})
+    jobs = [j for j in expand(load_experiment("smoke"), [f"paths.results={tmp}", *overrides], {"method": [METHODS[0]]})
             if j.cfg is not None]
     cfgs = [dict(j.cfg, progress=False) for j in jobs]
     run_trajectory([dict(c, paths=dict(c["paths"], results=f"{tmp}/warm")) for c in cfgs], share_models=True)
@@ -161,9 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         return record(args)
     if args.components:
         rows = components(args.components, args.overrides, args.steps)
-        reference = dict(rows).get("textual_inversion")
+        reference = rows[0][1] if rows else None  # the ratios: against the first method (the default, TI)
         print(f"{'step components, ' + args.components:<28}{'update ms':>10}{'prior ms':>9}{'L_det ms':>9}"
-              f"{'eval s':>8}{'update / TI':>12}{'L_det / TI':>11}")
+              f"{'eval s':>8}{'update / 1st':>13}{'L_det / 1st':>12}")
         for method, m in rows:
             ratio = (lambda k: f"{m[k] / reference[k]:.2f}") if reference else (lambda k: "-")
             print(f"{method:<28}{1e3 * m['update']:>10.1f}{1e3 * m['prior batch']:>9.1f}{1e3 * m['L_det']:>9.1f}"

@@ -32,12 +32,17 @@ from benchmark.core.cli_args import parse as parse_args
 from benchmark.core.errors import ConfigError
 from benchmark.core.provenance import device_name
 from benchmark.measure.kill_trials import MOMENTS, difference
-from benchmark.protocol.config import compose, validate
+from benchmark.protocol.config import (
+    class_image_overrides,
+    compose,
+    group_options,
+    validate,
+)
 from benchmark.sweep.local import die_with_parent
 
 PROG = "python -m benchmark.measure.gpu_check"
 SPECS = {None: Spec(keys=("out", "methods", "precisions", "tolerance"), overrides=True)}
-METHODS = ("textual_inversion", "dreambooth_lora", "custom_diffusion")
+METHODS = group_options("method")
 PRECISIONS = ("fp16", "bf16")
 DEFAULTS = ["model=sd15_twin", "metrics=real_twin", "device=cuda", "deterministic=true"]
 # Short DVAR runs for the kill check: a snapshot at step 3 to kill after, a budget of 5.
@@ -45,7 +50,6 @@ KILL_RUN = ["strategy=dvar", "strategy.max_steps=5", "strategy.window=2", "strat
             "checkpoint_every=3", "ldet.batch_size=2", "sampling.steps=2", "sampling.n_train_prompts=1",
             "sampling.n_val_prompts=1", "sampling.images_per_val_prompt=1", "sampling.save_images=none",
             "progress=false", "log_every=1000"]
-PER_METHOD = {"custom_diffusion": ["method.prior.num_class_images=2"]}
 # One evaluation of 6 images at 10 steps (image_s is scaled to 50 steps, as the profile states it).
 TIMING_SAMPLING = ["sampling.steps=10", "sampling.n_train_prompts=4", "sampling.n_val_prompts=1",
                    "sampling.images_per_val_prompt=2"]
@@ -102,7 +106,7 @@ def kill_check(folder: Path, methods: list[str], precisions: list[str], override
     relaunched until done; the records compared."""
     shutil.rmtree(folder, ignore_errors=True)  # a check of its own, never a resumed one
     folder.mkdir(parents=True)
-    runs = [[*overrides, *KILL_RUN, f"method={m}", *PER_METHOD.get(m, []), f"mixed_precision={p}"]
+    runs = [[*overrides, *KILL_RUN, f"method={m}", *class_image_overrides(m, 2), f"mixed_precision={p}"]
             for p in precisions for m in methods]
     spec = folder / "runs.json"
     spec.write_text(json.dumps(runs))

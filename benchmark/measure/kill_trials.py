@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from benchmark.protocol.config import class_image_overrides, group_options
 from benchmark.store import records
 from benchmark.sweep.local import die_with_parent
 
@@ -50,7 +51,7 @@ IGNORED = ["train_s", "ldet_s", "sampling_s", "wall_s", "scoring_s", "total_s", 
 def experiment(folder: Path, methods: list[str], seeds: list[int]) -> Path:
     path = folder / "killtrial.yaml"
     path.write_text("# python -m benchmark.measure.kill_trials\n" + yaml.safe_dump(
-        {"overrides": TINY, "few_iters": "pinned", "per_method": {"custom_diffusion": ["method.prior.num_class_images=2"]},
+        {"overrides": TINY, "few_iters": "pinned", "per_method": {m: class_image_overrides(m, 2) for m in methods},
          "grid": {"method": methods, "strategy": ["baseline", "clip_s", "dvar", "few_iters_mean"],
                   "concept": ["sample_duck_toy"], "seed": seeds}}))
     return path
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "mixed_precision=fp16)")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
-    methods = ["textual_inversion", "dreambooth_lora", "custom_diffusion"]
+    methods = group_options("method")
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -418,6 +418,12 @@ def group_options(group: str) -> list[str]:
     return [default, *(n for n in names if n != default)] if default in names else names
 
 
+def class_image_overrides(method: str, n: int) -> list[str]:
+    """For a measurement: a method with prior preservation (a `prior` section in its conf) generates
+    `n` class images instead of its own number; any other method needs nothing."""
+    return [f"method.prior.num_class_images={n}"] if "prior" in compose([f"method={method}"])["method"] else []
+
+
 def default_option(group: str) -> str | None:
     m = re.search(rf"^\s*-\s*{group}:\s*(\w+)", (CONF_DIR / "run.yaml").read_text(), re.M)
     return m[1] if m else None
