@@ -74,13 +74,18 @@ def headline(runs: pd.DataFrame, steps: pd.DataFrame) -> list[str]:
     iterations DVAR saves, and how much quality each strategy keeps relative to Baseline."""
     lines = ["## The claims, measured", ""]
     full = runs[runs.strategy == REFERENCE] if (runs.strategy == REFERENCE).any() else runs
-    tnr = {col: [trend_to_noise(steps[steps.run_id == r][col].to_numpy()) for r in full.run_id]
+    # A ratio needs the whole curve after the first update: a run whose L_det has gaps (ldet.log=watched
+    # stops computing it once no criterion reads it) does not count.
+    updates = steps[steps.step > 0]
+    tnr = {col: [trend_to_noise(values) for r in full.run_id
+                 if len(values := updates[updates.run_id == r][col].to_numpy()) and not np.isnan(values).any()]
            for col in ("train_loss", "l_det") if col in steps}
-    if tnr.get("l_det"):
+    if tnr.get("train_loss"):
         which = "Baseline runs" if len(full) < len(runs) else "runs"
-        lines.append(f"- Trend-to-noise ratio over {len(full)} {which}: "
-                     f"L_train {np.nanmean(tnr['train_loss']):.2f}, L_det {np.nanmean(tnr['l_det']):.2f} "
-                     "(std of the trend over std of the rest; see analysis/ablation.py).")
+        ldet = (f"L_det {np.nanmean(tnr['l_det']):.2f} over the {len(tnr['l_det'])} that logged it at every step"
+                if tnr.get("l_det") else "L_det not logged at every step (set ldet.log=always to measure it)")
+        lines.append(f"- Trend-to-noise ratio over {len(full)} {which}: L_train {np.nanmean(tnr['train_loss']):.2f}, "
+                     f"{ldet} (std of the trend over std of the rest; see analysis/ablation.py).")
     table = tables.claims(runs)
     if len(table):
         lines += [*[f"- {STRATEGY_NAMES.get(r.strategy, r.strategy)} ({METHOD_NAMES.get(r.method, r.method)}): "
