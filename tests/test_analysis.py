@@ -19,7 +19,7 @@ from benchmark.sweep.cli import main as sweep
 from tests.helpers import PROJECT_ROOT, tiny_run_config
 
 # end-to-end runs of several seconds each: `make test-all`, not the fast lane
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_analysis")]  # one worker: fixtures once
 
 
 # --- golden tables ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import pytest
 from tests.helpers import PROJECT_ROOT
 
 # end-to-end runs of several seconds each: `make test-all`, not the fast lane
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_bad_input_table")]  # one worker: fixtures once
 
 # A quick, valid single run and sweep that each case spoils with one input.
 BASE = ["model=tiny", "metrics=tiny", "paths.results={tmp}/results"]

@@ -119,7 +119,9 @@ def test_a_running_sweep_shows_its_curves_records_and_status(tmp_path, capsys):
         assert [clip[s] for s in evals.index if s in clip] == pytest.approx(
             [evals.train_clip_img[s] for s in evals.index if s in clip], rel=1e-6)
         grids = live.Images("evals/samples")
-        assert [g.step for g in grids] == sorted(clip)
+        # Read while the sweep writes: the newest evaluation's grid may trail its scores by one write.
+        grid_steps = [g.step for g in grids]
+        assert grid_steps == sorted(clip)[:len(grid_steps)] and len(grid_steps) >= max(1, len(clip) - 1)
         n = int(evals.n_train_images.iloc[0] + evals.n_val_images.iloc[0])
         assert (grids[0].width, grids[0].height) == (64 * min(8, n), 64 * -(-n // 8)), "the samples, 8 to a row"
         assert proc.poll() is None, "all of this was seen while the sweep ran"

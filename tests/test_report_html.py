@@ -22,7 +22,7 @@ from benchmark.store.runs import RunPaths
 from tests.helpers import PROJECT_ROOT, compose
 
 # end-to-end runs of several seconds each: `make test-all`, not the fast lane
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_report_html")]  # one worker: fixtures once
 
 PAPER_OVERRIDES = ["model=sd15", "metrics=real"]
 
