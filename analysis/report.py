@@ -41,6 +41,7 @@ from benchmark.protocol.strategies import (
     STRATEGIES,
     derivation_sources,
 )
+from benchmark.store.runs import grid_file, work_folder
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 PAPER_MODEL = "sd15"
@@ -339,7 +340,7 @@ def sample_grids(runs: pd.DataFrame, results: Path, experiment: str, folder: Pat
                     cells.append("-")
                     continue
                 run = run.iloc[0]
-                grid = results / "work" / experiment / run.run_id / "samples" / f"step{int(run.reported_step):06d}.png"
+                grid = grid_file(work_folder(results, experiment, run.run_id) / "samples", int(run.reported_step))
                 if not grid.is_file():
                     cells.append(f"no grid (step {int(run.reported_step)})")
                     continue

@@ -68,15 +68,12 @@ def table3(runs: pd.DataFrame) -> pd.DataFrame:
     return summarize(runs, TABLE3)
 
 
-def cell(mean: float, std: float, metric: str, latex: bool = False) -> str:
+def cell(mean: float, std: float, metric: str) -> str:
     """'mean ± std' (the paper's format)."""
     if np.isnan(mean):
         return "-"
     d = DIGITS.get(metric, 3)
-    s = f"{mean:.{d}f}"
-    if not np.isnan(std):
-        s += f" $\\pm$ {std:.{d}f}" if latex else f" ± {std:.{d}f}"
-    return s
+    return f"{mean:.{d}f}" + ("" if np.isnan(std) else f" ± {std:.{d}f}")
 
 
 def interval_cell(mean: float, lo: float, hi: float, metric: str) -> str:

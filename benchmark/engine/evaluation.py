@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from benchmark.engine.metrics import score, text_for_clip
+from benchmark.store.runs import grid_file
 
 METRICS = ("train_clip_img", "train_clip_txt", "val_clip_img", "val_clip_txt", "dino", "div")
 
@@ -58,11 +59,11 @@ def grid_image(images):
 def save_grid(images, folder: Path, step: int) -> None:
     """The grid of one evaluation as one PNG."""
     folder.mkdir(parents=True, exist_ok=True)
-    grid_image(images).save(folder / f"step{step:06d}.png")
+    grid_image(images).save(grid_file(folder, step))
 
 
 def keep_grid(folder: Path, step: int) -> None:
     """Remove the grids of `folder` other than that of `step` (earlier bests of a best-checkpoint run)."""
     for f in folder.glob("step*.png"):
-        if f.name != f"step{step:06d}.png":
+        if f != grid_file(folder, step):
             f.unlink()

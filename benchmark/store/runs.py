@@ -32,13 +32,23 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def work_folder(results: Path, experiment: str, rid: str) -> Path:
+    """<results>/work/<experiment>/<run_id>/: a run's files besides its records."""
+    return Path(results) / "work" / str(experiment) / rid
+
+
+def grid_file(samples: Path, step: int) -> Path:
+    """The evaluation grid a run saved at `step` (engine.evaluation writes it, the report reads it)."""
+    return samples / f"step{step:06d}.png"
+
+
 class RunPaths:
     """Where one run keeps its files: <results>/work/<experiment>/<run_id>/."""
 
     def __init__(self, cfg: dict, rid: str | None = None):
         self.rid = rid or run_id(cfg)
         self.results = results_root(cfg)
-        self.work = self.results / "work" / str(cfg["experiment"]) / self.rid
+        self.work = work_folder(self.results, cfg["experiment"], self.rid)
         self.weights = self.work / "weights"
         self.samples = self.work / "samples"
         self.log = self.work / "log.txt"
