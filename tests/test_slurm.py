@@ -128,9 +128,9 @@ def wait_for_state(job: str, state: str, timeout: float = 90) -> None:
 
 
 def test_a_cancelled_clip_s_run_resubmitted_while_few_iters_wait(tmp_path, capsys):
-    """CLIP-s of seed 59 is cancelled while seed 60's still runs (suspended, so that the Few-iters
-    array surely waits in the queue); `--rerun-failed` resubmits it: the queued Few-iters array
-    waits for the new job too, and all of them complete."""
+    """CLIP-s of seed 59 is cancelled as soon as it is submitted, seed 60's is suspended once it runs
+    (so that the Few-iters array surely waits in the queue); `--rerun-failed` resubmits the cancelled
+    run: the queued Few-iters array waits for the new job too, and all of them complete."""
     results = tmp_path / "results"
     exp = {"overrides": [*TINY, "method.max_train_steps=12", "method.protocol.clip_s.eval_every=3",
                          "method.protocol.clip_s.patience=2", "method.protocol.clip_s.eps=0.5",
@@ -144,27 +144,54 @@ def test_a_cancelled_clip_s_run_resubmitted_while_few_iters_wait(tmp_path, capsy
     submitted = json.loads((results / "work" / "resub" / "submitted.json").read_text())
     victim = submitted["textual_inversion/clip_s/sample_duck_toy/seed59"]
     other = submitted["textual_inversion/clip_s/sample_duck_toy/seed60"]
-    wait_for_state(other, "RUNNING")
+    subprocess.run(["scancel", victim], check=True)  # at once: it cannot have finished yet
+    wait_for_state(other, "RUNNING", timeout=300)
     subprocess.run(["scontrol", "suspend", other], check=True)
-    subprocess.run(["scancel", victim], check=True)
-    deadline = time.time() + 180  # sacct learns of the cancel through slurmdbd: slow on a loaded 2-core machine
-    while time.time() < deadline:
+    deadline, out = time.time() + 180, ""  # sacct learns of the cancel through slurmdbd: slow on a loaded machine
+    while time.time() < deadline and "1 cancelled" not in out:
         capsys.readouterr()
         sweep(["status", *args])
-        if "1 cancelled" in capsys.readouterr().out:
-            break
+        out = capsys.readouterr().out
         time.sleep(1)
-    else:
-        pytest.fail("the cancelled run never showed as cancelled")
-    wait_for_state(submitted["textual_inversion/few_iters_max/sample_duck_toy/seed59"], "PENDING")
-    resubmit = [*args, "--rerun-failed", "--wait"]
-    subprocess.Popen(["bash", "-c", f"sleep 8; scontrol resume {other}"])  # seed 60 goes on while we resubmit
-    assert sweep(resubmit) == 0
+    assert "1 cancelled" in out, f"the cancelled run never showed as cancelled; status said:\n{out}"
+    few_iters = submitted["textual_inversion/few_iters_max/sample_duck_toy/seed59"]
+    wait_for_state(few_iters, "PENDING")
+    assert sweep([*args, "--rerun-failed"]) == 0
     assert "now also wait for" in capsys.readouterr().out
+    subprocess.run(["scontrol", "resume", other], check=True)  # seed 60 ends before the new CLIP-s job does
+    mine = set(json.loads((results / "work" / "resub" / "submitted.json").read_text()).values())
+    deadline = time.time() + 400
+    while time.time() < deadline and in_queue(mine):
+        time.sleep(2)
     runs = records.read(results, "runs")
     assert len(runs) == 6 and (runs.status == "completed").all()
     clip = runs[runs.strategy == "clip_s"].iterations
     assert (runs[runs.strategy == "few_iters_max"].iterations == clip.max()).all()
+
+
+def in_queue(job_ids: set[str]) -> bool:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    return bool(job_ids & set(out))
+
+
+def test_a_few_iters_array_that_started_before_it_could_wait_is_reported(tmp_path):
+    """The resubmission's dependency update races with Slurm: a job that left the queue meanwhile is
+    returned (the sweep says so), not a traceback."""
+    from benchmark.sweep.slurm import wait_also_for
+
+    ended = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-c", "1", "--mem=100M", "-o", str(tmp_path / "o"),
+                            "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.time() + 60
+    while time.time() < deadline and in_queue({ended}):
+        time.sleep(0.5)
+    waiting = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-c", "1", "--mem=100M", "-o", str(tmp_path / "o"),
+                              "--hold", "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        assert wait_also_for([ended, waiting], [ended]) == [ended]
+        deps = subprocess.run(["squeue", "-h", "-j", waiting, "-o", "%E"], capture_output=True, text=True).stdout
+        assert ended in deps, deps
+    finally:
+        subprocess.run(["scancel", waiting])
 
 
 def test_a_broken_model_is_refused_before_anything_is_submitted(tmp_path, capsys):

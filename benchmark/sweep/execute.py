@@ -127,8 +127,14 @@ def run_slurm(sweep: Sweep, request: Request) -> Outcome:
                      if j.cfg is None and s in ("queued", "requeued") and j.name in before and set(j.clip_s_ids) & again})
     if queued:
         new = sorted({ids[j.name].split("_")[0] for j in ready if j.strategy in sources})
-        slurm.wait_also_for(queued, new)
-        print(f"queued Few-iters job arrays {', '.join(queued)} now also wait for {', '.join(new)}")
+        started = slurm.wait_also_for(queued, new)
+        if set(queued) - set(started):
+            print(f"queued Few-iters job arrays {', '.join(sorted(set(queued) - set(started)))} now also wait for "
+                  f"{', '.join(new)}")
+        if started:  # its tasks whose CLIP-s runs are missing fail with a line that says so
+            print(f"Few-iters job arrays {', '.join(started)} started before they could wait for {', '.join(new)}: "
+                  "the runs among them whose CLIP-s runs have not finished fail; submit again with --rerun-failed "
+                  "once the new CLIP-s jobs end.")
     arrays = sorted({i.split("_")[0] for i in ids.values()})
     print(f"submitted Slurm job arrays {', '.join(arrays)}; logs in "
           f"{slurm.log_folder(sweep.launcher, sweep.results, sweep.name)}")

@@ -116,12 +116,21 @@ def submit(ready: list[list[Job]], deferred: list[list[Job]], waiting: set[str],
     return ids
 
 
-def wait_also_for(job_ids: list[str], new_ids: list[str]) -> None:
+def wait_also_for(job_ids: list[str], new_ids: list[str]) -> list[str]:
     """Add `new_ids` to the `afterany` dependencies of pending jobs (scontrol update), keeping the
-    ones they had: a Few-iters array must not start before resubmitted CLIP-s runs end."""
+    ones they had: a Few-iters array must not start before resubmitted CLIP-s runs end. Returns the
+    jobs that left the queue before they could be updated (Slurm started them meanwhile)."""
+    started = []
     for jid in job_ids:
         out = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%E"], capture_output=True, text=True, timeout=30)
         old = re.findall(r"(\d+)(?:_[\d*\[\]-]+)?\(", out.stdout)
         deps = ":".join(dict.fromkeys([*old, *new_ids]))
-        subprocess.run(["scontrol", "update", f"JobId={jid}", f"Dependency=afterany:{deps}"], check=True,
-                       capture_output=True, text=True, timeout=30)
+        update = subprocess.run(["scontrol", "update", f"JobId={jid}", f"Dependency=afterany:{deps}"],
+                                capture_output=True, text=True, timeout=30)
+        if update.returncode != 0:
+            still = subprocess.run(["squeue", "-h", "-j", jid, "-t", "PENDING", "-o", "%i"], capture_output=True,
+                                   text=True, timeout=30)
+            if still.stdout.strip():  # pending yet refused: a real error, say Slurm's words
+                raise RuntimeError(f"scontrol update JobId={jid} failed: {update.stderr.strip()}")
+            started.append(jid)
+    return started
