@@ -111,33 +111,46 @@ def test_fetch_from_mirror_reproduces_the_folders(tmp_path, mirror, pins):
     assert sum(r.fetched for r in again) == 0, "a complete folder is never copied again"
 
 
+# Loaded by the fetch process through PYTHONPATH: it kills itself with SIGKILL just before it renames
+# its fourth copied `.part` file into place, so the kill lands midway on every machine (a kill timed
+# from outside raced a fast copy and sometimes came after the last file).
+KILL_AT_FOURTH_PART = """
+import os, signal, sys
+renamed = 0
+def kill_at_fourth_part(event, args):
+    global renamed
+    if event == "os.rename" and str(args[0]).endswith(".part"):
+        renamed += 1
+        if renamed == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(kill_at_fourth_part)
+"""
+
+
 @pytest.mark.slow
 def test_interrupted_fetch_completes_without_copying_finished_files(tmp_path, mirror, pins):
     names = [c.name for c in PAPER if c.source == "dreambooth"] if mirror == SHARED_DREAMBOOTH else SUBSET
     total = sum(len(pins[n]) for n in names)
-    cmd = [sys.executable, "-m", "benchmark.concepts", "fetch", *names, f"data={tmp_path}",
-           f"from={mirror}", "--quiet"]
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "benchmark.concepts", "fetch", *names, f"data={data}", f"from={mirror}", "--quiet"]
+    (tmp_path / "killer" / "sitecustomize.py").parent.mkdir()
+    (tmp_path / "killer" / "sitecustomize.py").write_text(KILL_AT_FOURTH_PART)
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.run(cmd, cwd=PROJECT_ROOT, env={**env, "PYTHONPATH": f"{tmp_path / 'killer'}:{PROJECT_ROOT}"},
+                            capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
 
-    def finished():
-        return [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".part" and p.name != "CHECKSUMS.csv"
-                and ".tmp" not in p.name]  # a killed atomic write leaves its temporary, which the relaunch removes
-
-    deadline = time.time() + 60
-    while len(finished()) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished()}
-    assert 0 < len(done_before) < total, "the fetch was interrupted midway"
+    # a killed atomic write leaves its temporary, which the relaunch removes
+    done_before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in data.rglob("*")
+                   if p.is_file() and p.suffix != ".part" and p.name != "CHECKSUMS.csv" and ".tmp" not in p.name}
+    assert len(done_before) == 3 < total and len(list(data.rglob("*.part"))) == 1, "killed before its fourth copy was in place"
 
     subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, check=True, capture_output=True)
     for p, stamp in done_before.items():
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, f"{p.name} was copied again"
-    assert not list(tmp_path.rglob("*.part"))
+    assert not list(data.rglob("*.part"))
     for n in names:
-        assert {f.name: sha256(f) for f in (tmp_path / n).iterdir()} == pins[n]
+        assert {f.name: sha256(f) for f in (data / n).iterdir()} == pins[n]
 
 
 def test_fetch_reports_a_corrupt_mirror_file_and_keeps_nothing(tmp_path, mirror, pins):
