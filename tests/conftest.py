@@ -22,7 +22,6 @@ def results(tmp_path) -> Path:
     return tmp_path / "results"
 
 
-
 @pytest.fixture(autouse=True)
 def grouped_by_xdist(request):
     """Under `--dist loadgroup` each worker tags grouped tests' node ids with `@group`; a pytest that

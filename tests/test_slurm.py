@@ -158,7 +158,7 @@ def test_a_cancelled_clip_s_run_resubmitted_while_few_iters_wait(tmp_path, capsy
     wait_for_state(few_iters, "PENDING")
     assert sweep([*args, "--rerun-failed"]) == 0
     assert "now also wait for" in capsys.readouterr().out
-    subprocess.run(["scontrol", "resume", other], check=True)  # seed 60 ends before the new CLIP-s job does
+    subprocess.run(["scontrol", "resume", other], check=True)  # seed 60 goes on; the array waits for it and the new job
     mine = set(json.loads((results / "work" / "resub" / "submitted.json").read_text()).values())
     deadline = time.time() + 400
     while time.time() < deadline and in_queue(mine):
