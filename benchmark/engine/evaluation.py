@@ -64,6 +64,7 @@ def save_grid(images, folder: Path, step: int) -> None:
 
 def keep_grid(folder: Path, step: int) -> None:
     """Remove the grids of `folder` other than that of `step` (earlier bests of a best-checkpoint run)."""
+    keep = grid_file(folder, step)
     for f in folder.glob("step*.png"):
-        if f != grid_file(folder, step):
+        if f != keep:
             f.unlink()

@@ -128,9 +128,8 @@ def run_slurm(sweep: Sweep, request: Request) -> Outcome:
     if queued:
         new = sorted({ids[j.name].split("_")[0] for j in ready if j.strategy in sources})
         started = slurm.wait_also_for(queued, new)
-        if set(queued) - set(started):
-            print(f"queued Few-iters job arrays {', '.join(sorted(set(queued) - set(started)))} now also wait for "
-                  f"{', '.join(new)}")
+        if waiting := [q for q in queued if q not in started]:
+            print(f"queued Few-iters job arrays {', '.join(waiting)} now also wait for {', '.join(new)}")
         if started:  # its tasks whose CLIP-s runs are missing fail with a line that says so
             print(f"Few-iters job arrays {', '.join(started)} started before they could wait for {', '.join(new)}: "
                   "the runs among them whose CLIP-s runs have not finished fail; submit again with --rerun-failed "
